@@ -1,0 +1,324 @@
+"""Gymnasium MDP in which the agent chooses the learning rate of an inner training run."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
+from metasched.inner_tasks import check_split, make_family
+from metasched.inner_tasks.base import InnerTask, TaskFamily
+from metasched.loop import CLIP_MODES, ClipMode, Driver
+
+__all__ = ["ACTION_MODES", "DISCRETE_FACTORS", "ActionMode", "LRControlEnv", "action_to_lr"]
+
+ActionMode = Literal["discrete3", "discrete5", "continuous", "absolute"]
+ACTION_MODES: tuple[str, ...] = ("discrete3", "discrete5", "continuous", "absolute")
+#: Multiplicative LR changes of the discrete action modes (discrete3 = the probe's arms).
+DISCRETE_FACTORS: dict[str, tuple[float, ...]] = {
+    "discrete3": (0.5, 1.0, 2.0),
+    "discrete5": (0.5, 0.8, 1.0, 1.25, 2.0),
+}
+REWARD_MODES = ("log_improvement", "final")
+TASK_CACHE_SIZE = 16
+
+
+def action_space_for(mode: str) -> spaces.Space:
+    """Return the Gymnasium action space of an action mode."""
+    if mode in DISCRETE_FACTORS:
+        return spaces.Discrete(len(DISCRETE_FACTORS[mode]))
+    if mode in ("continuous", "absolute"):
+        return spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    raise ValueError(f"action must be one of {', '.join(ACTION_MODES)}, got {mode!r}")
+
+
+def action_to_lr(
+    mode: str, action: Any, lr: np.ndarray, lr_min: np.ndarray, lr_max: np.ndarray
+) -> np.ndarray:
+    """Map actions (one per run) to new learning rates, clamped to ``[lr_min, lr_max]``.
+
+    ``discrete*`` multiply the current LR by a factor; ``continuous`` multiplies it by
+    ``2**a`` for ``a`` in [-1, 1]; ``absolute`` maps ``a`` log-linearly onto
+    ``[lr_min, lr_max]``. Works on arrays so the batched env shares it.
+    """
+    if mode in DISCRETE_FACTORS and lr.size == 1 and isinstance(action, int | np.integer):
+        factors = DISCRETE_FACTORS[mode]  # fast path of the single-instance env
+        if not 0 <= action < len(factors):
+            raise ValueError(
+                f"invalid {mode} action {action!r}; expected integers in [0, {len(factors)})"
+            )
+        return np.minimum(np.maximum(lr * factors[action], lr_min), lr_max)
+    a = np.asarray(action)
+    if mode in DISCRETE_FACTORS:
+        factors = np.asarray(DISCRETE_FACTORS[mode])
+        idx = a.astype(np.int64).reshape(-1)
+        if (
+            idx.size != lr.size
+            or np.any(idx != a.reshape(-1))
+            or np.any(idx < 0)
+            or np.any(idx >= factors.size)
+        ):
+            raise ValueError(
+                f"invalid {mode} action {action!r}; expected integers in [0, {factors.size})"
+            )
+        new = lr * factors[idx]
+    elif mode in ("continuous", "absolute"):
+        x = np.asarray(a, dtype=np.float64).reshape(-1)
+        if x.size != lr.size or not np.all(np.isfinite(x)):
+            raise ValueError(f"invalid {mode} action {action!r}; expected finite values in [-1, 1]")
+        x = np.clip(x, -1.0, 1.0)
+        if mode == "continuous":
+            new = lr * np.exp2(x)
+        else:
+            lo, hi = np.log(lr_min), np.log(lr_max)
+            new = np.exp(lo + 0.5 * (x + 1.0) * (hi - lo))
+    else:
+        raise ValueError(f"action must be one of {', '.join(ACTION_MODES)}, got {mode!r}")
+    return np.clip(new, lr_min, lr_max)
+
+
+class LRControlEnv(gym.Env):
+    r"""Learning-rate control of inner training as an MDP.
+
+    ## Description
+    Each episode samples one instance from a task family split (for ``metasched/NMF-v0``,
+    a planted stochastic-NMF problem) and trains it for ``budget`` inner steps. Every
+    ``step(action)`` sets the learning rate and runs ``steps_per_action`` inner steps of the
+    task's optimizer (projected SGD for NMF). The requested LR is clipped to
+    ``kappa`` times the task's stability bound (``clip``), and clip activations are reported.
+
+    ## Action Space
+    ``action="discrete3"`` (default): ``Discrete(3)``, multiply the LR by ½, 1 or 2 (the
+    probe heuristic's arms). ``"discrete5"``: ``Discrete(5)``, factors 0.5, 0.8, 1, 1.25, 2.
+    ``"continuous"``: ``Box(-1, 1, (1,))``, multiply by ``2**a``. ``"absolute"``:
+    ``Box(-1, 1, (1,))`` mapped log-linearly onto ``[lr_min, lr_max]``. The LR always stays
+    in ``[lr_min, lr_max] = lr_range × lr_ref`` where ``lr_ref`` is the task's reference LR
+    at initialisation (half the deterministic-safe rate ``1/L`` for NMF).
+
+    ## Observation Space
+    ``Box(low, high, (12,), float32)``, scale-free features (:mod:`metasched.features`):
+
+    | idx | feature           | min | max | meaning                                         |
+    |-----|-------------------|-----|-----|-------------------------------------------------|
+    | 0   | log_lr_rel        | -10 | 10  | log(lr / initial lr)                            |
+    | 1   | log_loss_rel      | -20 | 5   | log(train loss / initial loss)                  |
+    | 2   | dloss_last        | -5  | 5   | change of log train loss, last interval         |
+    | 3   | dloss_prev        | -5  | 5   | the same, previous interval                     |
+    | 4   | dloss_smooth      | -5  | 5   | moving average (0.7) of that change             |
+    | 5   | frac_increasing   | 0   | 1   | fraction of minibatch losses that rose          |
+    | 6   | log_grad_rel      | -20 | 10  | log(gradient norm / first interval's)           |
+    | 7   | log_lr_over_bound | -10 | 10  | log(lr / stability bound), 0 if unknown          |
+    | 8   | bound_known       | 0   | 1   | 1 when the task knows a stability bound         |
+    | 9   | log_val_rel       | -20 | 5   | log(val loss / initial), 0 if not measured       |
+    | 10  | val_known         | 0   | 1   | 1 when a validation loss is measured            |
+    | 11  | budget_used       | 0   | 1   | fraction of the inner-step budget used          |
+
+    ## Rewards
+    ``reward="log_improvement"`` (default): the decrease of the log training loss over the
+    interval, ``log L_{t-1} - log L_t`` (``L_0`` is the full loss at initialisation, ``L_t``
+    the mean minibatch loss of interval t), so an episode's return telescopes to
+    ``log(L_0 / L_T)`` and is comparable across tasks. ``reward="final"``: 0 until the last
+    step, then ``log(L_0 / L_T)``. Divergence gives the reward that makes the episode's
+    return exactly ``-divergence_penalty``.
+
+    ## Starting State
+    A fresh instance (drawn from the split with the env's seeded RNG, or chosen by
+    ``reset(options={"instance": i})``), freshly initialised, at ``lr = init_lr × lr_ref``.
+
+    ## Episode End
+    ``terminated=True`` when the budget is spent (the agent observes ``budget_used``) or
+    training diverged (non-finite loss, loss above ``divergence_factor`` × the initial loss,
+    or collapse of the factors to zero). ``truncated`` is always False: only outside limits
+    (e.g. a ``TimeLimit`` wrapper) truncate.
+
+    ## Arguments
+    ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``test``/
+    ``shift``), ``action``, ``budget`` (2000), ``steps_per_action`` (50), ``clip``
+    (``"deterministic"``, ``"noise_aware"``, ``"none"``), ``kappa`` (2.0), ``lr_range``
+    ((1e-3, 64.0)), ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
+    ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict).
+    ``info`` carries ``lr``, ``applied_lr``, ``train_loss``, ``val_loss``, ``diverged``,
+    ``clipped``, ``inner_steps``, ``instance`` and, at the end, ``final_loss``.
+
+    ## Version History
+    * v0: initial version.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> import metasched
+        >>> env = gym.make("metasched/NMF-v0", split="test", budget=100, steps_per_action=25)
+        >>> obs, info = env.reset(seed=0)
+        >>> obs.shape, env.action_space
+        ((12,), Discrete(3))
+        >>> total, done = 0.0, False
+        >>> while not done:
+        ...     obs, reward, terminated, truncated, info = env.step(1)
+        ...     total += reward
+        ...     done = terminated or truncated
+        >>> info["inner_steps"], total > 0, truncated
+        (100, True, False)
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(
+        self,
+        family: str | TaskFamily = "nmf",
+        split: str = "train",
+        action: ActionMode = "discrete3",
+        budget: int = 2000,
+        steps_per_action: int = 50,
+        clip: ClipMode = "deterministic",
+        kappa: float = 2.0,
+        lr_range: tuple[float, float] = (1e-3, 64.0),
+        init_lr: float = 1.0,
+        reward: str = "log_improvement",
+        divergence_penalty: float = 1.0,
+        divergence_factor: float = 1e3,
+        family_seed: int = 0,
+        family_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_split(split)
+        self.action_space = action_space_for(action)
+        if not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be a positive integer, got {budget!r}")
+        if not isinstance(steps_per_action, int) or steps_per_action < 1:
+            raise ValueError(
+                f"steps_per_action must be a positive integer, got {steps_per_action!r}"
+            )
+        if clip not in CLIP_MODES:
+            raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, got {clip!r}")
+        if not (math.isfinite(kappa) and kappa > 0):
+            raise ValueError(f"kappa must be a positive finite number, got {kappa!r}")
+        lo, hi = (float(x) for x in lr_range)
+        if not (0 < lo < hi and math.isfinite(hi)):
+            raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range!r}")
+        if not (lo <= init_lr <= hi):
+            raise ValueError(f"init_lr must lie in lr_range {lr_range!r}, got {init_lr!r}")
+        if reward not in REWARD_MODES:
+            raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}, got {reward!r}")
+        if not (math.isfinite(divergence_penalty) and divergence_penalty >= 0):
+            raise ValueError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
+        if not divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1, got {divergence_factor!r}")
+        self.family = (
+            family
+            if isinstance(family, TaskFamily)
+            else make_family(family, family_seed, **(family_kwargs or {}))
+        )
+        self.split = split
+        self.action_mode = action
+        self.budget = budget
+        self.steps_per_action = steps_per_action
+        self.clip: ClipMode = clip
+        self.kappa = float(kappa)
+        self.lr_range = (lo, hi)
+        self.init_lr = float(init_lr)
+        self.reward_mode = reward
+        self.divergence_penalty = float(divergence_penalty)
+        self.divergence_factor = float(divergence_factor)
+        self.observation_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
+        self._tracker = FeatureTracker(1)
+        self._task_cache: OrderedDict[int, InnerTask] = OrderedDict()
+        self._task: InnerTask | None = None
+        self._driver: Driver | None = None
+        self._lr = np.ones(1)
+        self._lr_min = np.ones(1)
+        self._lr_max = np.ones(1)
+
+    @property
+    def task(self) -> InnerTask | None:
+        """The instance of the current episode."""
+        return self._task
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode on a new instance; ``options={"instance": i}`` picks one."""
+        super().reset(seed=seed)
+        options = options or {}
+        pool = self.family.pool_sizes[self.split]
+        index = options.get("instance")
+        if index is None:
+            index = int(self.np_random.integers(pool))
+        elif not (isinstance(index, int | np.integer) and 0 <= index < pool):
+            raise ValueError(f"instance must be an integer in [0, {pool}), got {index!r}")
+        self._task = self._make_task(int(index))
+        self._driver = Driver(
+            self._task, self.budget, self.steps_per_action, clip=self.clip, kappa=self.kappa
+        )
+        task_gen = np.random.default_rng(self.np_random.integers(2**63))
+        sig0 = self._driver.start(task_gen)
+        lr_ref = self._task.default_lr()
+        if not (math.isfinite(lr_ref) and lr_ref > 0):
+            lr_ref = 1e-2
+        self._lr_min = np.array([lr_ref * self.lr_range[0]])
+        self._lr_max = np.array([lr_ref * self.lr_range[1]])
+        self._lr = np.array([lr_ref * self.init_lr])
+        obs = self._tracker.start(
+            lr=self._lr,
+            loss=sig0.train_loss,
+            bound=np.nan if sig0.lr_bound is None else sig0.lr_bound,
+            val_loss=np.nan if sig0.val_loss is None else sig0.val_loss,
+        )
+        info = {
+            "instance": self._task.name,
+            "instance_index": int(index),
+            "lr": float(self._lr[0]),
+            "lr_ref": lr_ref,
+            "train_loss": sig0.train_loss,
+            "val_loss": sig0.val_loss,
+            "inner_steps": 0,
+        }
+        return obs[0], info
+
+    def _make_task(self, index: int) -> InnerTask:
+        """Build (or reuse: tasks are fully re-initialised on reset) instance ``index``."""
+        task = self._task_cache.pop(index, None)
+        if task is None:
+            config = self.family.instance_config(self.split, index)
+            task = self.family.make_task(config, divergence_factor=self.divergence_factor)
+        self._task_cache[index] = task
+        while len(self._task_cache) > TASK_CACHE_SIZE:
+            self._task_cache.popitem(last=False)
+        return task
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Set the LR from ``action`` and train one decision interval."""
+        if self._driver is None or self._driver.done:
+            raise RuntimeError("call reset() before step() (the episode is over or not started)")
+        self._lr = action_to_lr(self.action_mode, action, self._lr, self._lr_min, self._lr_max)
+        prev = float(self._tracker.log_loss[0])
+        signal, ival = self._driver.advance(float(self._lr[0]))
+        obs = self._tracker.update_from_signal(signal, lr=float(self._lr[0]))
+        log0 = float(self._tracker.log_loss0[0])
+        terminated = self._driver.done
+        if signal.diverged:
+            reward = prev - log0 - self.divergence_penalty
+            if self.reward_mode == "final":
+                reward = -self.divergence_penalty
+        elif self.reward_mode == "log_improvement":
+            reward = prev - float(self._tracker.log_loss[0])
+        else:
+            reward = log0 - float(self._tracker.log_loss[0]) if terminated else 0.0
+        info: dict[str, Any] = {
+            "lr": ival.requested_lr,
+            "applied_lr": ival.applied_lr,
+            "train_loss": signal.train_loss,
+            "val_loss": signal.val_loss,
+            "diverged": signal.diverged,
+            "clipped": ival.clipped,
+            "inner_steps": signal.step,
+            "lr_bound": signal.lr_bound,
+            "instance": self._task.name if self._task is not None else None,
+        }
+        if terminated:
+            info["final_loss"] = math.inf if signal.diverged else float(self._task.evaluate())
+            info["clip_count"] = self._driver.clip_count
+        return obs[0], float(reward), bool(terminated), False, info

@@ -1,0 +1,35 @@
+"""Inner tasks: the problems whose training the schedulers control."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metasched.errors import UnknownNameError, did_you_mean
+from metasched.inner_tasks.base import SPLITS, InnerTask, StepStats, TaskFamily, check_split
+from metasched.inner_tasks.nmf import NMFConfig, NMFFamily, NMFTask, planted_matrix
+
+__all__ = [
+    "SPLITS",
+    "TASK_FAMILIES",
+    "InnerTask",
+    "NMFConfig",
+    "NMFFamily",
+    "NMFTask",
+    "StepStats",
+    "TaskFamily",
+    "check_split",
+    "make_family",
+    "planted_matrix",
+]
+
+#: Registry of task families by name; extensions add entries on import.
+TASK_FAMILIES: dict[str, type[TaskFamily]] = {"nmf": NMFFamily}
+
+
+def make_family(name: str, seed: int = 0, **kwargs: Any) -> TaskFamily:
+    """Build the task family registered as ``name`` (``UnknownNameError`` with a suggestion)."""
+    try:
+        cls = TASK_FAMILIES[name]
+    except KeyError:
+        raise UnknownNameError(did_you_mean(name, TASK_FAMILIES, "task family")) from None
+    return cls(seed, **kwargs)
