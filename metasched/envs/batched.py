@@ -18,9 +18,9 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
-from metasched.envs.lr_control import REWARD_MODES, action_space_for, action_to_lr
+from metasched.envs.lr_control import action_space_for, action_to_lr, check_env_args
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
-from metasched.inner_tasks import NMFFamily, check_split
+from metasched.inner_tasks import NMFFamily
 from metasched.inner_tasks.nmf_batched import BatchedNMF
 
 __all__ = ["BatchedNMFVecEnv"]
@@ -62,28 +62,24 @@ class BatchedNMFVecEnv(VecEnv):
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        check_split(split)
         action_space = action_space_for(action)
-        if not isinstance(steps_per_action, int) or steps_per_action < 1:
+        lo, hi = check_env_args(
+            split=split,
+            budget=budget,
+            steps_per_action=steps_per_action,
+            clip=clip,
+            kappa=kappa,
+            lr_range=lr_range,
+            init_lr=init_lr,
+            reward=reward,
+            divergence_penalty=divergence_penalty,
+            divergence_factor=divergence_factor,
+            clip_modes=("deterministic", "none"),
+        )
+        if budget % steps_per_action:
             raise ValueError(
-                f"steps_per_action must be a positive integer, got {steps_per_action!r}"
+                f"budget must be a multiple of steps_per_action={steps_per_action}, got {budget!r}"
             )
-        if not isinstance(budget, int) or budget < 1 or budget % steps_per_action:
-            raise ValueError(
-                f"budget must be a positive multiple of steps_per_action={steps_per_action}, "
-                f"got {budget!r}"
-            )
-        if clip not in ("deterministic", "none"):
-            raise ValueError(f"clip must be 'deterministic' or 'none' here, got {clip!r}")
-        if not (math.isfinite(kappa) and kappa > 0):
-            raise ValueError(f"kappa must be a positive finite number, got {kappa!r}")
-        lo, hi = (float(x) for x in lr_range)
-        if not (0 < lo < hi and math.isfinite(hi)):
-            raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range!r}")
-        if not lo <= init_lr <= hi:
-            raise ValueError(f"init_lr must lie in lr_range {lr_range!r}, got {init_lr!r}")
-        if reward not in REWARD_MODES:
-            raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}, got {reward!r}")
         obs_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
         super().__init__(num_envs, obs_space, action_space)
         self.family = NMFFamily(family_seed, **(family_kwargs or {}))

@@ -82,6 +82,51 @@ def action_to_lr(
     return np.clip(new, lr_min, lr_max)
 
 
+def check_env_args(
+    *,
+    split: str,
+    budget: Any,
+    steps_per_action: Any,
+    clip: str,
+    kappa: float,
+    lr_range: tuple[float, float],
+    init_lr: float,
+    reward: str,
+    divergence_penalty: float,
+    divergence_factor: float,
+    clip_modes: tuple[str, ...] = CLIP_MODES,
+) -> tuple[float, float]:
+    """Validate the arguments every LR-control env shares; return ``lr_range`` as floats.
+
+    Raises:
+        ValueError: naming the first bad argument and its value.
+    """
+    check_split(split)
+    if not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+    if not isinstance(steps_per_action, int) or steps_per_action < 1:
+        raise ValueError(f"steps_per_action must be a positive integer, got {steps_per_action!r}")
+    if clip not in clip_modes:
+        raise ValueError(f"clip must be one of {', '.join(clip_modes)}, got {clip!r}")
+    if not (isinstance(kappa, int | float) and math.isfinite(kappa) and kappa > 0):
+        raise ValueError(f"kappa must be a positive finite number, got {kappa!r}")
+    try:
+        lo, hi = (float(x) for x in lr_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr_range must be (low, high), got {lr_range!r}") from None
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range!r}")
+    if not (lo <= init_lr <= hi):
+        raise ValueError(f"init_lr must lie in lr_range {lr_range!r}, got {init_lr!r}")
+    if reward not in REWARD_MODES:
+        raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}, got {reward!r}")
+    if not (math.isfinite(divergence_penalty) and divergence_penalty >= 0):
+        raise ValueError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
+    if not divergence_factor > 1:
+        raise ValueError(f"divergence_factor must be > 1, got {divergence_factor!r}")
+    return lo, hi
+
+
 class LRControlEnv(gym.Env):
     r"""Learning-rate control of inner training as an MDP.
 
@@ -184,29 +229,19 @@ class LRControlEnv(gym.Env):
         family_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        check_split(split)
         self.action_space = action_space_for(action)
-        if not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"budget must be a positive integer, got {budget!r}")
-        if not isinstance(steps_per_action, int) or steps_per_action < 1:
-            raise ValueError(
-                f"steps_per_action must be a positive integer, got {steps_per_action!r}"
-            )
-        if clip not in CLIP_MODES:
-            raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, got {clip!r}")
-        if not (math.isfinite(kappa) and kappa > 0):
-            raise ValueError(f"kappa must be a positive finite number, got {kappa!r}")
-        lo, hi = (float(x) for x in lr_range)
-        if not (0 < lo < hi and math.isfinite(hi)):
-            raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range!r}")
-        if not (lo <= init_lr <= hi):
-            raise ValueError(f"init_lr must lie in lr_range {lr_range!r}, got {init_lr!r}")
-        if reward not in REWARD_MODES:
-            raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}, got {reward!r}")
-        if not (math.isfinite(divergence_penalty) and divergence_penalty >= 0):
-            raise ValueError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
-        if not divergence_factor > 1:
-            raise ValueError(f"divergence_factor must be > 1, got {divergence_factor!r}")
+        lo, hi = check_env_args(
+            split=split,
+            budget=budget,
+            steps_per_action=steps_per_action,
+            clip=clip,
+            kappa=kappa,
+            lr_range=lr_range,
+            init_lr=init_lr,
+            reward=reward,
+            divergence_penalty=divergence_penalty,
+            divergence_factor=divergence_factor,
+        )
         self.family = (
             family
             if isinstance(family, TaskFamily)
