@@ -103,6 +103,11 @@ class FeatureTracker:
         self._obs = np.zeros((n, N_FEATURES), dtype=np.float32)
 
     @property
+    def observation(self) -> np.ndarray:
+        """A copy of the latest ``(n, N_FEATURES)`` observation."""
+        return self._obs.copy()
+
+    @property
     def log_loss(self) -> np.ndarray:
         """Current log train loss per run (the reward is its decrease)."""
         return self._s.log_loss

@@ -149,7 +149,7 @@ class BatchedNMFVecEnv(VecEnv):
         self._reset_seeds()
         for slot in range(self.num_envs):
             self._reset_slot_random(slot)
-        return self.tracker._obs.copy()
+        return self.tracker.observation
 
     def step_async(self, actions: np.ndarray) -> None:
         """Store the actions of the next step."""
@@ -218,7 +218,7 @@ class BatchedNMFVecEnv(VecEnv):
                 info["TimeLimit.truncated"] = False
                 self._reset_slot_random(i)
             infos.append(info)
-        obs = self.tracker._obs.copy()
+        obs = self.tracker.observation
         return obs, rewards.astype(np.float32), done, infos
 
     # -- VecEnv plumbing -------------------------------------------------------------------

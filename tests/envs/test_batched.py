@@ -52,7 +52,7 @@ def test_slot_matches_single_env(action):
     venv.reset()
     np_random, _ = seeding.np_random(seed)
     venv.reset_slot(1, index, np.random.default_rng(np_random.integers(2**63)))
-    obs_b = venv.tracker._obs.copy()
+    obs_b = venv.tracker.observation
     np.testing.assert_allclose(obs_b[1], obs_s, rtol=1e-5, atol=1e-6)
     rng = np.random.default_rng(0)
     for _ in range(10):
