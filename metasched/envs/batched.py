@@ -119,27 +119,32 @@ class BatchedNMFVecEnv(VecEnv):
         ``generator`` is consumed exactly as :class:`LRControlEnv` consumes its task
         generator, so a slot and a single env given equal generators follow one trajectory.
         """
+        self._load_slot(slot, index, generator)
+        self._start_slots(np.arange(self.num_envs) == slot)
+
+    def _load_slot(self, slot: int, index: int, generator: np.random.Generator) -> None:
         config = self.family.instance_config(self.split, index)
-        task = self.family.make_task(config)
-        self.batch.load(slot, task, generator)
+        self.batch.load(slot, self.family.make_task(config), generator)
         self._names[slot] = config.name
         self._steps[slot] = 0
         self._clips[slot] = 0
-        bound = float(self.batch.lr_bound()[slot])  # recomputed for all slots; cheap at reset
-        lr_ref = 0.5 * bound if math.isfinite(bound) and bound > 0 else 1e-2
-        self._bound[slot] = bound
-        self._lr_min[slot] = lr_ref * self.lr_range[0]
-        self._lr_max[slot] = lr_ref * self.lr_range[1]
-        self._lr[slot] = lr_ref * self.init_lr
-        loss0 = float(self.batch.evaluate()[slot])
-        mask = np.zeros(self.num_envs, dtype=bool)
-        mask[slot] = True
-        self.tracker.start(lr=self._lr, loss=loss0, bound=self._bound, mask=mask)
 
-    def _reset_slot_random(self, slot: int) -> None:
+    def _load_slot_random(self, slot: int) -> None:
         rng = self._slot_rngs[slot]
         index = int(rng.integers(self.family.pool_sizes[self.split]))
-        self.reset_slot(slot, index, np.random.default_rng(rng.integers(2**63)))
+        self._load_slot(slot, index, np.random.default_rng(rng.integers(2**63)))
+
+    def _start_slots(self, mask: np.ndarray) -> None:
+        """Set the LR range and the feature references of freshly loaded slots (one pass)."""
+        bound = self.batch.lr_bound()
+        ok = np.isfinite(bound) & (bound > 0)
+        lr_ref = np.where(ok, 0.5 * np.where(ok, bound, 1.0), 1e-2)
+        self._bound = np.where(mask, bound, self._bound)
+        self._lr_min = np.where(mask, lr_ref * self.lr_range[0], self._lr_min)
+        self._lr_max = np.where(mask, lr_ref * self.lr_range[1], self._lr_max)
+        self._lr = np.where(mask, lr_ref * self.init_lr, self._lr)
+        loss0 = self.batch.evaluate()
+        self.tracker.start(lr=self._lr, loss=loss0, bound=self._bound, mask=mask)
 
     def reset(self) -> VecEnvObs:
         """Start a fresh episode in every sub-env and return the ``(B, 12)`` observations."""
@@ -148,7 +153,8 @@ class BatchedNMFVecEnv(VecEnv):
             self._slot_rngs = self._rngs_for(int(seed))
         self._reset_seeds()
         for slot in range(self.num_envs):
-            self._reset_slot_random(slot)
+            self._load_slot_random(slot)
+        self._start_slots(np.ones(self.num_envs, dtype=bool))
         return self.tracker.observation
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -216,8 +222,10 @@ class BatchedNMFVecEnv(VecEnv):
                 info["final_loss"] = math.inf if diverged[i] else float(final[i])
                 info["clip_count"] = int(self._clips[i])
                 info["TimeLimit.truncated"] = False
-                self._reset_slot_random(i)
+                self._load_slot_random(i)
             infos.append(info)
+        if done.any():
+            self._start_slots(done)
         obs = self.tracker.observation
         return obs, rewards.astype(np.float32), done, infos
 

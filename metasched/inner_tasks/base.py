@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -146,8 +145,3 @@ class TaskFamily(abc.ABC):
     def configs(self, split: str, indices: Sequence[int]) -> list[Any]:
         """Return the configs of several instances."""
         return [self.instance_config(split, i) for i in indices]
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """Return a JSON-friendly dict of a frozen config dataclass."""
-    return dataclasses.asdict(config)
