@@ -12,6 +12,13 @@ from metasched.errors import ConfigError, MetaschedError, UnknownNameError
 from metasched.features import FEATURE_NAMES, FeatureTracker
 from metasched.inner_tasks import TASK_FAMILIES, NMFFamily, NMFTask, make_family
 from metasched.loop import Driver
+from metasched.schedulers import (
+    SCHEDULERS,
+    Scheduler,
+    TorchLRScheduler,
+    make_scheduler,
+    run_schedule,
+)
 from metasched.signal import TrainingSignal
 
 try:
@@ -24,6 +31,7 @@ register_envs()
 __all__ = [
     "ENV_IDS",
     "FEATURE_NAMES",
+    "SCHEDULERS",
     "TASK_FAMILIES",
     "ConfigError",
     "Driver",
@@ -31,8 +39,12 @@ __all__ = [
     "MetaschedError",
     "NMFFamily",
     "NMFTask",
+    "Scheduler",
+    "TorchLRScheduler",
     "TrainingSignal",
     "UnknownNameError",
     "__version__",
     "make_family",
+    "make_scheduler",
+    "run_schedule",
 ]

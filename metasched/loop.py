@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from metasched.inner_tasks.base import InnerTask
 from metasched.signal import TrainingSignal
 
-__all__ = ["CLIP_MODES", "ClipMode", "Driver", "IntervalInfo"]
+__all__ = ["CLIP_MODES", "DEFAULT_CLIP", "DEFAULT_KAPPA", "ClipMode", "Driver", "IntervalInfo"]
 
 ClipMode = Literal["none", "deterministic", "noise_aware"]
 CLIP_MODES: tuple[str, ...] = ("none", "deterministic", "noise_aware")
+#: Clipping the env, the runner and the comparison use unless told otherwise: the LR is
+#: capped at ``DEFAULT_KAPPA`` times the task's deterministic stability bound.
+DEFAULT_CLIP: ClipMode = "deterministic"
+DEFAULT_KAPPA = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,30 @@ class Driver:
             val_loss=loss if self.measure_val else None,
             lr_bound=self._bound,
         )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Copy the run's full state: the task's (parameters, optimizer, RNG) and the loop's.
+
+        Search schedulers fork training with it: restoring a snapshot and training again
+        replays the same minibatches.
+        """
+        return {
+            "task": self.task.snapshot(),
+            "step": self.step,
+            "diverged": self.diverged,
+            "clip_count": self.clip_count,
+            "capped_count": self.capped_count,
+            "bound": self._bound,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Return to a state captured by :meth:`snapshot` (which stays reusable)."""
+        self.task.restore(snap["task"])
+        self.step = snap["step"]
+        self.diverged = snap["diverged"]
+        self.clip_count = snap["clip_count"]
+        self.capped_count = snap["capped_count"]
+        self._bound = snap["bound"]
 
     def clip_lr(self, lr: float) -> tuple[float, bool]:
         """Return ``(applied_lr, clipped)`` for a requested ``lr`` under the current bound."""

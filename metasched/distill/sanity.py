@@ -8,14 +8,14 @@ close to optimal and the control problem teaches an agent nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from metasched.inner_tasks.base import InnerTask, TaskFamily
-from metasched.loop import ClipMode, Driver
+from metasched.loop import ClipMode
+from metasched.schedulers import make_scheduler, run_schedule
 
 __all__ = ["SchedulingCheck", "constant_vs_cosine", "run_open_loop"]
 
@@ -39,15 +39,17 @@ def run_open_loop(
     """
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    drv = Driver(task, budget, interval, clip=clip, kappa=kappa)
-    drv.start(np.random.default_rng(seed))
-    while not drv.done:
-        if schedule == "constant":
-            lr = peak_lr
-        else:
-            lr = peak_lr * 0.5 * (1.0 + math.cos(math.pi * drv.step / budget))
-        drv.advance(lr)
-    return math.inf if drv.diverged else float(task.evaluate())
+    trace = run_schedule(
+        task,
+        make_scheduler(schedule),
+        budget=budget,
+        interval=interval,
+        seed=seed,
+        base_lr=peak_lr,
+        clip=clip,
+        kappa=kappa,
+    )
+    return trace.final_loss
 
 
 @dataclass(frozen=True)

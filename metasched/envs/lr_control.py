@@ -13,7 +13,7 @@ from gymnasium import spaces
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
 from metasched.inner_tasks import check_split, make_family
 from metasched.inner_tasks.base import InnerTask, TaskFamily
-from metasched.loop import CLIP_MODES, ClipMode, Driver
+from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA, ClipMode, Driver
 
 __all__ = ["ACTION_MODES", "DISCRETE_FACTORS", "ActionMode", "LRControlEnv", "action_to_lr"]
 
@@ -218,8 +218,8 @@ class LRControlEnv(gym.Env):
         action: ActionMode = "discrete3",
         budget: int = 2000,
         steps_per_action: int = 50,
-        clip: ClipMode = "deterministic",
-        kappa: float = 2.0,
+        clip: ClipMode = DEFAULT_CLIP,
+        kappa: float = DEFAULT_KAPPA,
         lr_range: tuple[float, float] = (1e-3, 64.0),
         init_lr: float = 1.0,
         reward: str = "log_improvement",

@@ -1,3 +1,60 @@
-"""Learning-rate schedulers sharing one protocol (see DESIGN §2.2 and §6)."""
+"""Learning-rate schedulers sharing one protocol (see DESIGN §2.2 and §6).
 
-__all__: list[str] = []
+Every scheduler is built by name from the registry, driven by
+:class:`~metasched.signal.TrainingSignal` records, and serialises its state as JSON data::
+
+    >>> from metasched.schedulers import SCHEDULERS, make_scheduler
+    >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
+    ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'linear', 'onecycle', 'probe',
+     'sgdr', 'step']
+    >>> make_scheduler("sgdr", t_mult=1)
+    SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
+
+:func:`run_schedule` drives an inner task with any scheduler (search schedulers fork it),
+and :class:`TorchLRScheduler` puts any observing scheduler into a plain PyTorch loop.
+"""
+
+from metasched.schedulers.base import (
+    SCHEDULERS,
+    Scheduler,
+    make_scheduler,
+    register,
+    scheduler_from_state,
+)
+from metasched.schedulers.classic import (
+    ConstantSchedule,
+    CosineSchedule,
+    CyclicSchedule,
+    ExponentialSchedule,
+    LinearSchedule,
+    OneCycleSchedule,
+    SGDRSchedule,
+    StepSchedule,
+)
+from metasched.schedulers.greedy import GreedyLR
+from metasched.schedulers.probe import ProbeScheduler
+from metasched.schedulers.runner import TRACE_COLUMNS, Run, Trace, run_schedule
+from metasched.schedulers.torch_adapter import TorchLRScheduler
+
+__all__ = [
+    "SCHEDULERS",
+    "TRACE_COLUMNS",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "CyclicSchedule",
+    "ExponentialSchedule",
+    "GreedyLR",
+    "LinearSchedule",
+    "OneCycleSchedule",
+    "ProbeScheduler",
+    "Run",
+    "SGDRSchedule",
+    "Scheduler",
+    "StepSchedule",
+    "TorchLRScheduler",
+    "Trace",
+    "make_scheduler",
+    "register",
+    "run_schedule",
+    "scheduler_from_state",
+]

@@ -1,0 +1,223 @@
+"""Any metasched scheduler as a drop-in ``torch.optim.lr_scheduler.LRScheduler``.
+
+Example:
+    >>> import torch
+    >>> from metasched.schedulers import TorchLRScheduler
+    >>> model = torch.nn.Linear(3, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> sched = TorchLRScheduler(opt, "greedy", patience=2)
+    >>> for _ in range(4):
+    ...     opt.zero_grad()
+    ...     loss = model(torch.ones(2, 3)).pow(2).mean()
+    ...     loss.backward()
+    ...     opt.step()
+    ...     sched.step(loss)
+    >>> round(sched.get_last_lr()[0], 6)  # three straight improvements: 0.1 / 0.95
+    0.105263
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from metasched.errors import ConfigError
+from metasched.schedulers.base import (
+    Scheduler,
+    check_int,
+    decode_float,
+    encode_float,
+    make_scheduler,
+)
+from metasched.signal import TrainingSignal
+
+__all__ = ["TorchLRScheduler"]
+
+
+def _as_float(x: Any, what: str) -> float:
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{what} must be a scalar, got a tensor of shape {tuple(x.shape)}")
+        return float(x.detach().item())
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number or a scalar tensor, got {x!r}") from None
+
+
+class TorchLRScheduler(LRScheduler):
+    """Wrap a :class:`~metasched.schedulers.base.Scheduler` as a torch LR scheduler.
+
+    Call :meth:`step` once per optimizer step, after ``optimizer.step()``, with the
+    minibatch loss (``step(loss)``; loss-driven schedulers such as GreedyLR require it,
+    open-loop schedules accept ``step()``). Every ``interval`` calls the wrapped scheduler
+    sees one :class:`~metasched.signal.TrainingSignal` — mean loss over the interval, the
+    per-step losses, the mean gradient norm when the scheduler reads it — and the new LR is
+    written to every parameter group. Groups keep their ratios to the first group's base
+    LR, except under schedulers with per-group state (GreedyLR's per-group bounds).
+
+    Args:
+        optimizer: any torch optimizer (several parameter groups are fine).
+        scheduler: a Scheduler instance or a registry name (``"greedy"``, ``"cosine"``, ...).
+        total_steps: length of the run in optimizer steps; required by schedules placed
+            relative to the budget (cosine, linear, onecycle, ...).
+        interval: optimizer steps per scheduler decision.
+        **kwargs: hyperparameters when ``scheduler`` is a name.
+
+    Schedulers that fork training themselves (``probe``) cannot run inside a plain loop;
+    use :func:`metasched.schedulers.run_schedule` on an inner task.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        scheduler: Scheduler | str,
+        *,
+        total_steps: int | None = None,
+        interval: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(scheduler, str):
+            scheduler = make_scheduler(scheduler, **kwargs)
+        elif kwargs:
+            raise ConfigError(
+                f"hyperparameters {sorted(kwargs)} are only accepted with a scheduler name"
+            )
+        if not isinstance(scheduler, Scheduler):
+            raise TypeError(f"scheduler must be a Scheduler or a name, got {scheduler!r}")
+        if scheduler.drives_training:
+            raise ConfigError(
+                f"{scheduler.name!r} forks training and cannot run inside a plain loop; "
+                "use metasched.schedulers.run_schedule on an inner task"
+            )
+        if total_steps is not None:
+            total_steps = check_int("total_steps", total_steps, minimum=1)
+        elif scheduler.needs_budget:
+            raise ConfigError(
+                f"scheduler {scheduler.name!r} places its schedule over the run: "
+                "pass total_steps=<number of optimizer steps>"
+            )
+        self.scheduler = scheduler
+        self.total_steps = total_steps
+        self.interval = check_int("interval", interval, minimum=1)
+        self.inner_steps = 0
+        self._pending: list[float] = []
+        self._pending_val: float | None = None
+        self._grad_sum = 0.0
+        self._grad_n = 0
+        self._initialised = False
+        super().__init__(optimizer)
+
+    # -- torch API -------------------------------------------------------------------------
+    def get_lr(self) -> list[float]:
+        """Return the current LR of every parameter group."""
+        return list(self.scheduler.lrs)
+
+    def step(self, loss: Any = None, *, val_loss: Any = None) -> None:  # type: ignore[override]
+        """Record one optimizer step (with its loss); every ``interval`` steps update the LR."""
+        if not self._initialised:  # torch's constructor calls step() once
+            self.scheduler.reset([float(b) for b in self.base_lrs])
+            self._initialised = True
+            self._apply()
+            return
+        if loss is None and val_loss is None and self.scheduler.needs_loss:
+            raise ValueError(
+                f"scheduler {self.scheduler.name!r} reads the loss: call step(loss) "
+                "after each optimizer step"
+            )
+        if loss is not None:
+            self._pending.append(_as_float(loss, "loss"))
+        if val_loss is not None:
+            self._pending_val = _as_float(val_loss, "val_loss")
+        if self.scheduler.needs_grad_norm:
+            self._grad_sum += self._grad_norm()
+            self._grad_n += 1
+        self.inner_steps += 1
+        self.last_epoch = self.inner_steps
+        self._step_count += 1
+        n_since = self.inner_steps % self.interval
+        if n_since == 0:
+            self._decide(self.interval)
+
+    def _grad_norm(self) -> float:
+        total = 0.0
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    total += float(p.grad.detach().pow(2).sum())
+        return math.sqrt(total)
+
+    def _decide(self, n: int) -> None:
+        losses = tuple(self._pending)
+        train = sum(losses) / len(losses) if losses else math.nan
+        if not losses and self._pending_val is not None:
+            train = self._pending_val
+        ups = sum(b > a for a, b in itertools.pairwise(losses))
+        signal = TrainingSignal(
+            step=self.inner_steps,
+            budget=self.total_steps or 0,
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            train_loss=train,
+            val_loss=self._pending_val,
+            grad_norm=self._grad_sum / self._grad_n if self._grad_n else None,
+            frac_increasing=ups / (len(losses) - 1) if len(losses) > 1 else None,
+            diverged=not math.isfinite(train) and bool(losses),
+            interval_steps=n,
+            losses=losses,
+        )
+        self._pending, self._pending_val = [], None
+        self._grad_sum, self._grad_n = 0.0, 0
+        self.scheduler.step(signal)
+        self._apply()
+
+    def _apply(self) -> None:
+        lrs = self.scheduler.lrs
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = list(lrs)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON data: the wrapped scheduler's state plus the adapter's counters."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "total_steps": self.total_steps,
+            "interval": self.interval,
+            "inner_steps": self.inner_steps,
+            "pending": [encode_float(x) for x in self._pending],
+            "pending_val": None if self._pending_val is None else encode_float(self._pending_val),
+            "grad_sum": self._grad_sum,
+            "grad_n": self._grad_n,
+            "base_lrs": [float(b) for b in self.base_lrs],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; writes the restored LRs into the optimizer."""
+        if not isinstance(state_dict, dict) or "scheduler" not in state_dict:
+            raise ValueError("not a TorchLRScheduler state_dict (no 'scheduler' key)")
+        self.scheduler.load_state_dict(state_dict["scheduler"])
+        if len(self.scheduler.base_lrs) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"state_dict has {len(self.scheduler.base_lrs)} parameter groups, "
+                f"the optimizer has {len(self.optimizer.param_groups)}"
+            )
+        self.total_steps = state_dict["total_steps"]
+        self.interval = state_dict["interval"]
+        self.inner_steps = int(state_dict["inner_steps"])
+        self.last_epoch = self.inner_steps
+        self._pending = [decode_float(x) for x in state_dict["pending"]]
+        pv = state_dict["pending_val"]
+        self._pending_val = None if pv is None else decode_float(pv)
+        self._grad_sum = float(state_dict["grad_sum"])
+        self._grad_n = int(state_dict["grad_n"])
+        self.base_lrs = list(state_dict["base_lrs"])
+        self._initialised = True
+        self._apply()
