@@ -15,6 +15,7 @@ __all__ = ["main"]
 def _cmd_list(args: argparse.Namespace) -> int:
     from metasched.envs.registration import ENV_IDS
     from metasched.inner_tasks import TASK_FAMILIES
+    from metasched.schedulers import SCHEDULERS
 
     print("environments:")
     for env_id in ENV_IDS:
@@ -22,6 +23,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("task families:")
     for name in sorted(TASK_FAMILIES):
         print(f"  {name}")
+    print("schedulers:")
+    for name in sorted(SCHEDULERS):
+        summary = (SCHEDULERS[name].__doc__ or "").strip().splitlines()[0].replace("``", "")
+        print(f"  {name:<12} {summary}")
     return 0
 
 
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metasched {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list registered environments and task families")
+    p = sub.add_parser("list", help="list registered environments, task families and schedulers")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser(

@@ -9,7 +9,8 @@ from metasched.cli import main
 def test_help_and_list(capsys):
     assert main([]) == 0
     assert main(["list"]) == 0
-    assert "metasched/NMF-v0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "metasched/NMF-v0" in out and "greedy " in out and "probe " in out
 
 
 def test_console_script_help():
