@@ -127,11 +127,14 @@ class Scheduler(abc.ABC):
     open_loop: ClassVar[bool] = False
     #: ``step`` reads ``signal.grad_norm`` (the torch adapter then measures it).
     needs_grad_norm: ClassVar[bool] = False
+    #: Inner steps per decision the scheduler was designed for (None: any).
+    decision_interval: int | None = None
 
     def __init__(self) -> None:
         self._config: dict[str, Any] = {}
         self.base_lrs: list[float] = []
         self._lr: float = math.nan
+        self.initial_signal: TrainingSignal | None = None
 
     # -- hyperparameters -----------------------------------------------------------------
     def _set_config(self, **config: Any) -> None:
@@ -147,11 +150,20 @@ class Scheduler(abc.ABC):
         return f"{type(self).__name__}({args})"
 
     # -- the protocol --------------------------------------------------------------------
-    def reset(self, base_lr: float | Sequence[float]) -> float:
+    def reset(
+        self, base_lr: float | Sequence[float], signal: TrainingSignal | None = None
+    ) -> float:
         """Start a new run from ``base_lr`` (one float, or one per parameter group).
+
+        ``signal`` is the step-0 record (initial loss, stability bound) when the caller has
+        one — the runner does; a plain training loop does not. Schedulers that choose the
+        first LR from the state at initialisation (learned policies) read it.
 
         Returns the LR of the first decision interval (reference group).
         """
+        if signal is not None and not isinstance(signal, TrainingSignal):
+            raise TypeError(f"signal must be a TrainingSignal, got {type(signal).__name__}")
+        self.initial_signal = signal
         self.base_lrs = _as_lr_list(base_lr)
         self._lr = float(self._reset(self.base_lrs[0]))
         return self._lr

@@ -179,7 +179,7 @@ class Run:
         t0 = time.perf_counter()
         sig0 = self.driver.start(gen)
         base = self.base_lr if self.base_lr is not None else self.task.default_lr()
-        self.scheduler.reset(float(base))
+        self.scheduler.reset(float(base), sig0)
         self._wall = time.perf_counter() - t0
         self.trace = Trace(
             self.task.name, repr(self.scheduler), self.driver.budget, self.driver.interval

@@ -66,7 +66,8 @@ class TorchLRScheduler(LRScheduler):
         scheduler: a Scheduler instance or a registry name (``"greedy"``, ``"cosine"``, ...).
         total_steps: length of the run in optimizer steps; required by schedules placed
             relative to the budget (cosine, linear, onecycle, ...).
-        interval: optimizer steps per scheduler decision.
+        interval: optimizer steps per scheduler decision (default: the scheduler's own
+            ``decision_interval``, e.g. the one a learned policy was trained with, else 1).
         **kwargs: hyperparameters when ``scheduler`` is a name.
 
     Schedulers that fork training themselves (``probe``) cannot run inside a plain loop;
@@ -79,7 +80,7 @@ class TorchLRScheduler(LRScheduler):
         scheduler: Scheduler | str,
         *,
         total_steps: int | None = None,
-        interval: int = 1,
+        interval: int | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(scheduler, str):
@@ -104,6 +105,8 @@ class TorchLRScheduler(LRScheduler):
             )
         self.scheduler = scheduler
         self.total_steps = total_steps
+        if interval is None:
+            interval = scheduler.decision_interval or 1
         self.interval = check_int("interval", interval, minimum=1)
         self.inner_steps = 0
         self._pending: list[float] = []

@@ -1,0 +1,75 @@
+import pytest
+
+from metasched.agents.config import ALGOS, TrainConfig, load_config, shipped_hyperparams
+from metasched.errors import ConfigError, UnknownNameError
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_shipped_configs_resolve_and_validate(algo):
+    cfg = load_config(algo, "metasched/NMF-v0")
+    assert cfg.algo == algo and cfg.n_timesteps > 0 and cfg.vec_env == "batched"
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert "default" in shipped_hyperparams(algo)
+
+
+def test_env_block_overrides_default_and_merges_dicts(tmp_path):
+    f = tmp_path / "hp.yml"
+    f.write_text(
+        "default:\n  n_steps: 32\n  env_kwargs: {budget: 500}\n"
+        "metasched/NMF-v0:\n  env_kwargs: {steps_per_action: 25}\n"
+    )
+    cfg = load_config("ppo", "metasched/NMF-v0", hyperparams=f)
+    assert cfg.algo_kwargs["n_steps"] == 32
+    # shipped env block (action) + user default block + user env block, merged
+    assert cfg.env_kwargs == {"action": "discrete3", "budget": 500, "steps_per_action": 25}
+
+
+def test_flat_user_file_and_cli_overrides(tmp_path):
+    f = tmp_path / "hp.yml"
+    f.write_text("learning_rate: 0.001\nn_envs: 4\n")
+    cfg = load_config("a2c", "metasched/NMF-v0", hyperparams=f,
+                      overrides={"n_envs": 2, "n_timesteps": 999, "vec_env": None})
+    assert cfg.algo_kwargs["learning_rate"] == 0.001 and cfg.n_envs == 2
+    assert cfg.n_timesteps == 999 and cfg.vec_env == "batched"
+
+
+def test_unknown_key_gets_a_suggestion(tmp_path):
+    f = tmp_path / "hp.yml"
+    f.write_text("learnin_rate: 0.001\n")
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        load_config("ppo", "metasched/NMF-v0", hyperparams=f)
+
+
+@pytest.mark.parametrize(
+    ("algo", "action", "match"),
+    [("dqn", "continuous", "dqn cannot act"), ("sac", "discrete3", "sac cannot act"),
+     ("td3", "discrete5", "td3 cannot act")],
+)
+def test_wrong_algo_action_combination(algo, action, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(algo, "metasched/NMF-v0", overrides={"env_kwargs": {"action": action}})
+
+
+def test_bad_names_and_values(tmp_path):
+    with pytest.raises(UnknownNameError, match="did you mean 'ppo'"):
+        load_config("ppoo", "metasched/NMF-v0")
+    with pytest.raises(UnknownNameError, match="environment"):
+        load_config("ppo", "metasched/NMF-v1")
+    with pytest.raises(ConfigError, match="env kwarg"):
+        load_config("ppo", "metasched/NMF-v0", overrides={"env_kwargs": {"budgte": 3}})
+    with pytest.raises(ConfigError, match="n_envs"):
+        load_config("ppo", "metasched/NMF-v0", overrides={"n_envs": 0})
+    with pytest.raises(ConfigError, match="vec_env"):
+        load_config("ppo", "metasched/NMF-v0", overrides={"vec_env": "ray"})
+    with pytest.raises(ConfigError, match="activation_fn"):
+        load_config("ppo", "metasched/NMF-v0",
+                    overrides={"policy_kwargs": {"activation_fn": "sigmoidd"}})
+    with pytest.raises(ConfigError, match="set by metasched train"):
+        load_config("ppo", "metasched/NMF-v0", overrides={"seed": 3, "verbose": 1})
+    bad = tmp_path / "bad.yml"
+    bad.write_text("n_steps: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("ppo", "metasched/NMF-v0", hyperparams=bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("ppo", "metasched/NMF-v0", hyperparams=tmp_path / "nope.yml")
