@@ -6,7 +6,21 @@ Measures, side by side in one run, on one core (one BLAS / torch thread):
    (target <= 1.10x);
 2. single-instance NMF throughput, m=200, n=100, r=10, minibatch 32 (target >= 20,000
    inner steps/s);
-3. batched NMF, B=64, vs 64 single instances stepped in a loop (target >= 8x).
+3. batched NMF, B=64, vs 64 single instances stepped in a loop (target >= 8x), with the
+   exact kernel (the target's) and the fast one;
+4. vector envs, env only (no agent): transitions per second (``VecEnv.step`` calls x
+   ``num_envs``) with random valid actions on ``metasched/NMF-v0`` (default env kwargs,
+   split ``train``) of an SB3 ``DummyVecEnv`` of 8 ``LRControlEnv``, SB3 ``SubprocVecEnv``
+   with 2 and 4 envs (one process each), ``BatchedNMFVecEnv`` in its pre-bucketing
+   configuration (64 envs, exact kernel, family-max padding, one process) and
+   ``BatchedNMFVecEnv`` with its defaults (bucketed, fast kernel, 2 processes) at several
+   ``num_envs``; plus the ratios to ``DummyVecEnv`` (targets: batched >= 4,000
+   transitions/s and >= 5x ``DummyVecEnv``). The timed window is a whole number of
+   episodes (40 decisions each), so the episode resets are part of the measurement.
+
+Sections 1-3 run on one core (one BLAS / torch thread); section 4 uses both cores through
+processes (``SubprocVecEnv`` workers, ``BatchedNMFVecEnv`` workers), one thread each.
+``--only-vecenv`` runs section 4 alone; ``--batched-envs`` picks its ``num_envs`` values.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -91,6 +106,9 @@ def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, float]:
         t.reset(g)
     lr = 0.3 * tasks[0].lr_bound()
     batched = BatchedNMF.from_tasks(tasks, [np.random.default_rng(i) for i in range(n_slots)])
+    fast = BatchedNMF.from_tasks(
+        tasks, [np.random.default_rng(i) for i in range(n_slots)], kernel="fast"
+    )
     lrs = np.full(n_slots, lr)
 
     def run_loop() -> None:
@@ -102,27 +120,121 @@ def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, float]:
         for _ in range(calls):
             batched.train(50, lrs)
 
+    def run_fast() -> None:  # as the vector env calls it (no update norms)
+        for _ in range(calls):
+            fast.train(50, lrs, track_updates=False)
+
     work = n_slots * calls * 50
     loop_rate = work / best_of(run_loop, repeats)
     batched_rate = work / best_of(run_batched, repeats)
+    fast_rate = work / best_of(run_fast, repeats)
     return {
         "loop_problem_steps_per_s": loop_rate,
         "batched_problem_steps_per_s": batched_rate,
         "speedup": batched_rate / loop_rate,
+        "fast_kernel_problem_steps_per_s": fast_rate,
+        "fast_kernel_speedup": fast_rate / loop_rate,
     }
+
+
+def _make_single_env() -> object:
+    import gymnasium as gym
+
+    import metasched  # noqa: F401  (registers the env ids, also in worker processes)
+
+    return gym.make("metasched/NMF-v0", split="train")
+
+
+def time_vecenv(venv, warmup: int, steps: int, seed: int = 0) -> dict[str, float]:
+    """Transitions per second of ``steps`` random-action ``VecEnv.step`` calls.
+
+    ``warmup`` untimed steps come first. With ``steps`` a multiple of the episode length
+    (40 decisions at the defaults), every sub-env ends and restarts its episode inside
+    the timed window, so the episode resets are part of the measurement.
+    """
+    n = venv.num_envs
+    space = venv.action_space
+    space.seed(seed)
+    actions = np.array([[space.sample() for _ in range(n)] for _ in range(warmup + steps)])
+    try:
+        venv.seed(seed)
+        venv.reset()
+        for a in actions[:warmup]:
+            venv.step(a)
+        t0 = time.perf_counter()
+        for a in actions[warmup:]:
+            venv.step(a)
+        dt = time.perf_counter() - t0
+    finally:
+        venv.close()
+    return {"num_envs": n, "steps": steps, "seconds": dt, "transitions_per_s": steps * n / dt}
+
+
+def bench_vecenvs(
+    batched_envs: Sequence[int], warmup: int, steps: int, baseline: bool = True
+) -> dict[str, object]:
+    """Side by side: DummyVecEnv(8), SubprocVecEnv(2 procs), BatchedNMFVecEnv(num_envs)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from metasched.envs.batched import BatchedNMFVecEnv
+
+    report: dict[str, object] = {}
+    report["dummy_8"] = time_vecenv(DummyVecEnv([_make_single_env] * 8), warmup, steps)
+    for n in (2, 4):
+        # one process per env: n=4 oversubscribes the 2 cores (as 4 SB3 workers would)
+        venv = SubprocVecEnv([_make_single_env] * n, start_method="forkserver")
+        report[f"subproc_{n}"] = time_vecenv(venv, warmup, steps)
+    if baseline:
+        # the pre-bucketing configuration: exact kernel, family-max padding, one process
+        venv = BatchedNMFVecEnv(num_envs=64, seed=0, kernel="exact", bucketing=False, n_processes=1)
+        row = time_vecenv(venv, warmup, steps)
+        report["batched_64_exact_unbucketed_1proc"] = row
+    for n in batched_envs:
+        venv = BatchedNMFVecEnv(num_envs=n, split="train", seed=0)
+        row = time_vecenv(venv, warmup, steps)
+        row["n_processes"] = venv.n_processes
+        report[f"batched_{n}"] = row
+    base = report["dummy_8"]["transitions_per_s"]
+    report["ratios_to_dummy"] = {
+        key: row["transitions_per_s"] / base
+        for key, row in report.items()
+        if isinstance(row, dict) and "transitions_per_s" in row
+    }
+    return report
 
 
 def main() -> None:
     """Run the benchmarks and print a JSON report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
+    parser.add_argument(
+        "--only-vecenv", action="store_true", help="run only the vector-env section"
+    )
+    parser.add_argument(
+        "--batched-envs",
+        type=int,
+        nargs="+",
+        default=None,
+        help="num_envs values of BatchedNMFVecEnv (default: 64 128 256, quick: 128 256)",
+    )
     args = parser.parse_args()
     reps = 2 if args.quick else 5
-    report = {
-        "overhead": bench_overhead(2 if args.quick else 5, reps),
-        "single": bench_single(5000 if args.quick else 20000, reps),
-        "batched": bench_batched(64, 4 if args.quick else 20, reps),
-        "targets": {"overhead_ratio": "<= 1.10", "steps_per_s": ">= 20000", "speedup": ">= 8"},
+    report: dict[str, object] = {}
+    if not args.only_vecenv:
+        report["overhead"] = bench_overhead(2 if args.quick else 5, reps)
+        report["single"] = bench_single(5000 if args.quick else 20000, reps)
+        report["batched"] = bench_batched(64, 4 if args.quick else 20, reps)
+    batched_envs = args.batched_envs or ([128, 256] if args.quick else [64, 128, 256])
+    episode = 2000 // 50  # decisions per episode at the default budget
+    report["vecenv"] = bench_vecenvs(
+        batched_envs, warmup=2, steps=episode if args.quick else 2 * episode
+    )
+    report["targets"] = {
+        "overhead_ratio": "<= 1.10",
+        "steps_per_s": ">= 20000",
+        "speedup": ">= 8",
+        "vecenv_batched_transitions_per_s": ">= 4000",
+        "vecenv_batched_vs_dummy": ">= 5",
     }
     print(json.dumps(report, indent=2))
 

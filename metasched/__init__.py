@@ -14,6 +14,7 @@ from metasched.inner_tasks import TASK_FAMILIES, NMFFamily, NMFTask, make_family
 from metasched.loop import Driver
 from metasched.schedulers import (
     SCHEDULERS,
+    LearnedScheduler,
     Scheduler,
     TorchLRScheduler,
     make_scheduler,
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Driver",
     "FeatureTracker",
+    "LearnedScheduler",
     "MetaschedError",
     "NMFFamily",
     "NMFTask",

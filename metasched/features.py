@@ -27,7 +27,8 @@ idx  name                 min    max    meaning
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -223,6 +224,52 @@ class FeatureTracker:
             budget_used=signal.progress,
         )
 
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Return the tracker's state as strict-JSON data (``inf``/``nan`` become strings).
+
+        Example:
+            >>> import json
+            >>> ft = FeatureTracker(1)
+            >>> _ = ft.start(lr=0.1, loss=2.0)
+            >>> again = FeatureTracker(1)
+            >>> again.load_state_dict(json.loads(json.dumps(ft.state_dict(), allow_nan=False)))
+            >>> bool(np.array_equal(again.observation, ft.observation))
+            True
+        """
+        s = self._s
+        out: dict[str, Any] = {"n": self.n}
+        for name in _STATE_FIELDS:
+            out[name] = [_encode_float(x) for x in getattr(s, name)]
+        out["obs"] = [[_encode_float(x) for x in row] for row in self._obs]
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (of a tracker with the same ``n``).
+
+        Raises:
+            ValueError: when ``state`` is not a tracker state of ``n`` runs.
+        """
+        if not isinstance(state, dict) or state.get("n") != self.n:
+            got = state.get("n") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not a FeatureTracker state of n={self.n} runs (got n={got!r})")
+        arrays = {}
+        for name in _STATE_FIELDS:
+            values = state.get(name)
+            if not isinstance(values, list) or len(values) != self.n:
+                raise ValueError(f"FeatureTracker state field {name!r} must be {self.n} floats")
+            arrays[name] = np.array([_decode_float(x) for x in values], dtype=np.float64)
+        rows = state.get("obs")
+        if (
+            not isinstance(rows, list)
+            or len(rows) != self.n
+            or any(not isinstance(r, list) or len(r) != N_FEATURES for r in rows)
+        ):
+            raise ValueError(f"FeatureTracker state field 'obs' must be {self.n} x {N_FEATURES}")
+        obs = np.array([[_decode_float(x) for x in r] for r in rows], dtype=np.float32)
+        self._s = _State(**arrays)
+        self._obs = obs
+
     @staticmethod
     def _bound_features(lr: np.ndarray, bound: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bnd = np.asarray(bound, dtype=np.float64)
@@ -244,3 +291,29 @@ class FeatureTracker:
 
 def _nan_if_none(x: float | None) -> float:
     return math.nan if x is None else float(x)
+
+
+_STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(_State))
+
+
+def _encode_float(x: float) -> float | str:
+    """``x`` as strict-JSON data: ``inf``/``-inf``/``nan`` become strings.
+
+    The same codec as :func:`metasched.schedulers.base.encode_float`, kept here so the
+    features module does not depend on the schedulers package.
+    """
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _decode_float(x: float | str) -> float:
+    """Inverse of :func:`_encode_float`."""
+    if isinstance(x, str):
+        if x not in ("inf", "-inf", "nan"):
+            raise ValueError(f"not an encoded float: {x!r}")
+        return float(x)
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise ValueError(f"not an encoded float: {x!r}")
+    return float(x)

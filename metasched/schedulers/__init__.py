@@ -5,8 +5,8 @@ Every scheduler is built by name from the registry, driven by
 
     >>> from metasched.schedulers import SCHEDULERS, make_scheduler
     >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
-    ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'linear', 'onecycle', 'probe',
-     'sgdr', 'step']
+    ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'learned', 'linear', 'onecycle',
+     'probe', 'sgdr', 'step']
     >>> make_scheduler("sgdr", t_mult=1)
     SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
 
@@ -32,6 +32,7 @@ from metasched.schedulers.classic import (
     StepSchedule,
 )
 from metasched.schedulers.greedy import GreedyLR
+from metasched.schedulers.learned import LearnedScheduler
 from metasched.schedulers.probe import ProbeScheduler
 from metasched.schedulers.runner import TRACE_COLUMNS, Run, Trace, run_schedule
 from metasched.schedulers.torch_adapter import TorchLRScheduler
@@ -44,6 +45,7 @@ __all__ = [
     "CyclicSchedule",
     "ExponentialSchedule",
     "GreedyLR",
+    "LearnedScheduler",
     "LinearSchedule",
     "OneCycleSchedule",
     "ProbeScheduler",

@@ -49,7 +49,7 @@ def test_each_algorithm_trains_and_exports(algo, tmp_path):
 
     res = train(tiny_config(algo), tmp_path / "run", progress=False, log=lambda s: None)
     assert res.timesteps >= 256
-    assert [r["timesteps"] for r in res.eval_history][0] == 0
+    assert res.eval_history[0]["timesteps"] == 0
     run = tmp_path / "run"
     for name in ("config.yaml", "command.txt", "version.json", "eval.csv", "baselines.json"):
         assert (run / name).is_file(), name

@@ -1,9 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils import seeding
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from metasched.envs.batched import BatchedNMFVecEnv
 from metasched.envs.lr_control import LRControlEnv
@@ -42,13 +44,31 @@ def test_same_seed_same_rollout_and_seed_method():
     assert not np.array_equal(roll(5), roll(6))
 
 
-@pytest.mark.parametrize("action", ["discrete3", "absolute"])
-def test_slot_matches_single_env(action):
+@pytest.mark.parametrize(
+    ("action", "kernel", "bucketing"),
+    [
+        ("discrete3", "exact", False),
+        ("absolute", "exact", False),
+        ("discrete3", "exact", True),
+        ("discrete3", "fast", True),
+        ("absolute", "fast", True),
+        ("absolute", "fast", False),
+    ],
+)
+def test_slot_matches_single_env(action, kernel, bucketing):
     """A float64 slot follows the single env's MDP: same observations and rewards."""
     seed, index = 7, 3
     single = LRControlEnv(split="test", action=action, **SMALL)
     obs_s, _ = single.reset(seed=seed, options={"instance": index})
-    venv = BatchedNMFVecEnv(2, split="test", action=action, dtype=torch.float64, **SMALL)
+    venv = BatchedNMFVecEnv(
+        2,
+        split="test",
+        action=action,
+        dtype=torch.float64,
+        kernel=kernel,
+        bucketing=bucketing,
+        **SMALL,
+    )
     venv.reset()
     np_random, _ = seeding.np_random(seed)
     venv.reset_slot(1, index, np.random.default_rng(np_random.integers(2**63)))
@@ -93,6 +113,14 @@ def test_bad_arguments():
         BatchedNMFVecEnv(2, clip="noise_aware")
     with pytest.raises(ValueError, match="action"):
         BatchedNMFVecEnv(2, action="discrete9")
+    with pytest.raises(ValueError, match="kernel"):
+        BatchedNMFVecEnv(2, kernel="turbo")
+    with pytest.raises(ValueError, match="n_processes"):
+        BatchedNMFVecEnv(2, n_processes=3)
+    with pytest.raises(ValueError, match="n_processes"):
+        BatchedNMFVecEnv(2, n_processes="many")
+    with pytest.raises(ValueError, match="dtype"):
+        BatchedNMFVecEnv(2, dtype=torch.float16)
 
 
 def test_ppo_trains_on_the_batched_env():
@@ -100,3 +128,105 @@ def test_ppo_trains_on_the_batched_env():
     model = PPO("MlpPolicy", venv, n_steps=16, batch_size=64, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
+
+
+def rollout(steps=25, num_envs=6, seed=3, **kwargs):
+    """Observations, rewards, dones and infos of a random-action rollout."""
+    venv = BatchedNMFVecEnv(num_envs, seed=seed, **SMALL, **kwargs)
+    venv.action_space.seed(0)
+    hosts = set()
+    try:
+        out = [venv.reset()]
+        infos = []
+        for _ in range(steps):
+            actions = np.array([venv.action_space.sample() for _ in range(num_envs)])
+            obs, r, d, info = venv.step(actions)
+            hosts |= {tuple(venv._host_of)}
+            out += [obs, r[:, None], d[:, None]]
+            infos.append(info)
+    finally:
+        venv.close()
+    if venv.n_processes > 1 and venv.bucketing:
+        moved = np.array(sorted(hosts))
+        assert (moved != moved[:1]).any(axis=0).any()  # some problem changed process
+    return np.concatenate([o.reshape(-1).astype(np.float64) for o in out]), infos
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_worker_processes_give_identical_rollouts(bucketing):
+    """Results do not depend on how the problems are spread over processes (bit for bit).
+
+    Random absolute LRs without clipping make episodes diverge at different times, so the
+    problems of restarted episodes move between processes.
+    """
+    kwargs = {"action": "absolute", "clip": "none", "bucketing": bucketing, "steps": 30}
+    ref, ref_infos = rollout(n_processes=1, **kwargs)
+    got, got_infos = rollout(n_processes=3, **kwargs)
+    np.testing.assert_array_equal(got, ref)
+    for a, b in zip(ref_infos, got_infos, strict=True):
+        assert len(a) == len(b) == 6
+        for x, y in zip(a, b, strict=True):
+            assert x.keys() == y.keys()
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key])
+    assert any("terminal_observation" in i for infos in ref_infos for i in infos)
+
+
+def test_worker_processes_reset_slot_seed_and_close():
+    venv = BatchedNMFVecEnv(4, n_processes=2, seed=0, **SMALL)
+    try:
+        assert venv.n_processes == 2 and len(venv._remotes) == 1
+        proc = venv._remotes[0].proc
+        venv.seed(11)
+        first = venv.reset()
+        venv.seed(11)
+        np.testing.assert_array_equal(venv.reset(), first)
+        venv.reset_slot(3, 5, np.random.default_rng(0))  # a slot of the worker's block
+        _, _, _, infos = venv.step(np.ones(4, dtype=int))
+        assert infos[3]["instance"].endswith("train5") and infos[3]["inner_steps"] == 20
+        venv.set_attr("kappa", 1.0)
+        assert venv.get_attr("kappa") == [1.0] * 4
+    finally:
+        venv.close()
+    assert not proc.is_alive()
+
+
+def test_auto_processes():
+    assert BatchedNMFVecEnv(8, **SMALL).n_processes == 1
+    venv = BatchedNMFVecEnv(32, **SMALL)
+    try:
+        assert venv.n_processes == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    finally:
+        venv.close()
+
+
+def test_fast_bucketed_tracks_exact_unbucketed():
+    """The default fast, bucketed float32 env follows the reference arithmetic closely."""
+    fast, _ = rollout(steps=10)
+    exact, _ = rollout(steps=10, kernel="exact", bucketing=False, dtype=torch.float64)
+    np.testing.assert_allclose(fast, exact, rtol=1e-3, atol=1e-3)
+
+
+def test_instances_come_from_the_split_pool():
+    venv = BatchedNMFVecEnv(5, split="test", seed=1, **SMALL)
+    venv.reset()
+    names = set()
+    for _ in range(30):
+        _, _, _, infos = venv.step(np.ones(5, dtype=int))
+        names |= {i["instance"] for i in infos}
+    pool = venv.family.pool_sizes["test"]
+    indices = {int(name.rsplit("test", 1)[1]) for name in names}
+    assert len(indices) > 5 and all(0 <= i < pool for i in indices)
+    configs = {venv.family.instance_config("test", i).name for i in indices}
+    assert configs == names
+
+
+def test_monitor_records_episodes():
+    venv = VecMonitor(BatchedNMFVecEnv(3, seed=0, **SMALL))
+    venv.reset()
+    episodes = []
+    for _ in range(20):
+        _, _, dones, infos = venv.step(np.ones(3, dtype=int))
+        episodes += [i["episode"] for i, d in zip(infos, dones, strict=True) if d]
+    assert len(episodes) == 6 and all(ep["l"] == 10 for ep in episodes)
+    assert all(np.isfinite(ep["r"]) for ep in episodes)

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from metasched.inner_tasks.base import StepStats
-from metasched.inner_tasks.nmf import NMFConfig, NMFTask, planted_matrix
-from metasched.inner_tasks.nmf_batched import BatchedNMF, BatchedStepStats
+from metasched.inner_tasks.nmf import NMFConfig, NMFFamily, NMFTask, planted_matrix
+from metasched.inner_tasks.nmf_batched import (
+    BatchedNMF,
+    BatchedStepStats,
+    BucketedNMF,
+    shape_classes,
+)
 
 # (m, n, rank, batch_size, grad_noise): all different, all noisy
 SHAPES = [(30, 20, 3, 5, 0.7), (50, 15, 4, 8, 1.5), (25, 40, 5, 10, 0.3), (40, 30, 2, 4, 1.0)]
@@ -228,3 +233,293 @@ def test_empty_slots_and_validation():
         batch.train(-1, 0.1)
     batch.deactivate(0)
     assert not batch.active.any()
+
+
+# -- the fast kernel -----------------------------------------------------------------------
+FAST_RTOL = 1e-6  # float64 compute; the pre-scaled float32 noise rounds differently
+
+
+def assert_fast_stats_match(bstats, k, single: StepStats, track_updates=True):
+    stats = bstats.for_slot(k)
+    assert stats.n_done == single.n_done
+    assert stats.diverged == single.diverged
+    assert stats.capped == single.capped
+    np.testing.assert_allclose(stats.losses, single.losses, rtol=FAST_RTOL)
+    assert np.all(np.isnan(bstats.losses[k, single.n_done :]))
+    np.testing.assert_allclose(stats.grad_norm, single.grad_norm, rtol=FAST_RTOL)
+    if track_updates:
+        np.testing.assert_allclose(stats.update_norm, single.update_norm, rtol=FAST_RTOL)
+    else:
+        assert np.isnan(stats.update_norm)
+
+
+def assert_fast_slot_matches(batch, k, task):
+    W, H = batch.factors(k)
+    np.testing.assert_allclose(W, task.W, rtol=FAST_RTOL, atol=1e-7)
+    np.testing.assert_allclose(H, task.H, rtol=FAST_RTOL, atol=1e-7)
+
+
+@pytest.mark.parametrize("track_updates", [True, False])
+def test_fast_kernel_matches_single_tasks(track_updates):
+    """Same draws as the single task, same statistics, divergence found after the call."""
+    tasks, batch = make_pair(kernel="fast")
+    for call, n_steps in enumerate([7, 13, 1, 20, 9]):
+        lr = single_lrs(tasks, factor=0.3 + 0.1 * call)
+        if call == 3:
+            lr[2] = 1e4 * tasks[2].lr_bound()  # slot 2 diverges mid-call
+        bstats = batch.train(n_steps, lr, track_updates=track_updates)
+        for k, task in enumerate(tasks):
+            if k == 2 and call > 3:
+                assert bstats.n_done[k] == 0 and not bstats.diverged[k]
+                continue
+            single = task.train(n_steps, float(lr[k]))
+            assert_fast_stats_match(bstats, k, single, track_updates)
+            if not single.diverged:  # a diverged fast slot's factors are undefined
+                assert_fast_slot_matches(batch, k, task)
+        if call == 3:
+            np.testing.assert_array_equal(bstats.diverged, [False, False, True, False])
+    np.testing.assert_array_equal(batch.active, [True, True, False, True])
+    for k in (0, 1, 3):  # the RNG streams advanced identically
+        assert batch.slot_snapshot(k)["rng"] == tasks[k].snapshot()["rng"]
+        assert torch.equal(batch.slot_snapshot(k)["noise_rng"], tasks[k].snapshot()["noise_rng"])
+    # reloading the diverged slot makes it an exact copy of a freshly reset task again
+    batch.load(2, tasks[2], np.random.default_rng(9))
+    tasks[2].reset(np.random.default_rng(9))
+    lr = single_lrs(tasks)
+    bstats = batch.train(10, lr)
+    for k, task in enumerate(tasks):
+        assert_fast_stats_match(bstats, k, task.train(10, float(lr[k])))
+        assert_fast_slot_matches(batch, k, task)
+    assert_padding_zero(batch)
+
+
+def test_fast_kernel_update_cap_and_zero_lr_match_single_tasks():
+    cap = 2e-3
+    shapes = [(30, 20, 3, 5, 0.0), (25, 40, 5, 10, 0.8), (40, 30, 2, 4, 1.2)]
+    tasks, batch = make_pair(shapes, task_kwargs={"update_cap": cap}, update_cap=cap, kernel="fast")
+    total = np.zeros(3, dtype=int)
+    for call in range(3):
+        lr = single_lrs(tasks, factor=0.9)
+        lr[1] = 0.0 if call == 1 else lr[1]  # draws, reports losses, does not move
+        bstats = batch.train(10, lr)
+        for k, task in enumerate(tasks):
+            assert_fast_stats_match(bstats, k, task.train(10, float(lr[k])))
+            assert_fast_slot_matches(batch, k, task)
+        total += bstats.capped
+    assert (total > 0).all()
+    assert_padding_zero(batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_kernel_leaves_inactive_slots_frozen(dtype):
+    """An inactive slot inside the computed range draws nothing and does not move."""
+    tasks, batch = make_pair(kernel="fast", dtype=dtype)
+    batch.train(5, single_lrs(tasks))
+    batch.deactivate(1)
+    W, H = batch.factors(1)
+    rng_state = batch.slot_snapshot(1)["rng"]
+    for _ in range(3):
+        stats = batch.train(7, single_lrs(tasks))
+        assert stats.n_done.tolist() == [7, 0, 7, 7] and np.isnan(stats.losses[1]).all()
+    np.testing.assert_array_equal(batch.factors(1)[0], W)
+    np.testing.assert_array_equal(batch.factors(1)[1], H)
+    assert batch.slot_snapshot(1)["rng"] == rng_state
+    assert_padding_zero(batch)
+
+
+def test_fast_float32_tracks_exact_float64():
+    tasks = make_tasks()
+    fast = BatchedNMF.from_tasks(
+        tasks, [np.random.default_rng(5 + i) for i in range(4)], kernel="fast"
+    )
+    ref = BatchedNMF.from_tasks(
+        tasks, [np.random.default_rng(5 + i) for i in range(4)], dtype=torch.float64
+    )
+    start = fast.evaluate()
+    for _ in range(4):
+        lr = 0.5 * ref.lr_bound()
+        s32, s64 = fast.train(10, lr, track_updates=False), ref.train(10, lr)
+        np.testing.assert_allclose(s32.losses, s64.losses, rtol=1e-3)
+        np.testing.assert_allclose(s32.grad_norm, s64.grad_norm, rtol=1e-3)
+    np.testing.assert_allclose(fast.evaluate(), ref.evaluate(), rtol=1e-3)
+    assert (fast.evaluate() < start).all()
+    assert_padding_zero(fast)
+
+
+def test_fast_snapshot_restore_reproduces():
+    tasks, batch = make_pair(kernel="fast", dtype=torch.float32)
+    lr = single_lrs(tasks)
+    batch.train(5, lr)
+    snap = batch.snapshot()
+    first = batch.train(7, lr).losses, batch.evaluate()
+    batch.load(1, make_tasks([(12, 9, 2, 3, 0.5)])[0], np.random.default_rng(3))
+    batch.restore(snap)
+    again = batch.train(7, lr).losses, batch.evaluate()
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert_padding_zero(batch)
+
+
+# -- slot management: trailing slots, move, resize -------------------------------------------
+@pytest.mark.parametrize("kernel", ["exact", "fast"])
+def test_trailing_empty_slots_change_nothing(kernel):
+    """A call covers the slots up to the last active one; the rest are left as they are."""
+    tasks = make_tasks()
+    small = BatchedNMF.from_tasks(
+        tasks, [np.random.default_rng(i) for i in range(4)], dtype=torch.float64, kernel=kernel
+    )
+    big = BatchedNMF(7, small.max_shape, dtype=torch.float64, kernel=kernel)
+    for i, task in enumerate(tasks):
+        big.load(i, task, np.random.default_rng(i))
+    big.load(5, tasks[0], np.random.default_rng(50))
+    big.deactivate(5)
+    frozen = big.factors(5)
+    for _ in range(3):
+        lr = 0.4 * small.lr_bound()
+        a = small.train(9, lr)
+        b = big.train(9, np.concatenate([lr, [0.1, 0.1, 0.1]]))
+        np.testing.assert_array_equal(a.losses, b.losses[:4])
+        np.testing.assert_array_equal(a.grad_norm, b.grad_norm[:4])
+        assert (b.n_done[4:] == 0).all()
+    for k in range(4):
+        np.testing.assert_array_equal(small.factors(k)[0], big.factors(k)[0])
+        np.testing.assert_array_equal(small.factors(k)[1], big.factors(k)[1])
+    np.testing.assert_array_equal(big.factors(5)[0], frozen[0])
+    assert_padding_zero(big)
+
+
+@pytest.mark.parametrize("kernel", ["exact", "fast"])
+def test_move_and_resize_carry_the_full_state(kernel):
+    tasks, batch = make_pair(kernel=kernel)
+    batch.train(6, single_lrs(tasks))
+    for task in tasks:
+        task.train(6, 0.5 * task.lr_bound())  # the same rates: lr_bound was taken before
+    batch.resize(6)
+    batch.move(0, 5)  # slot 0 is now empty, its problem lives in slot 5
+    assert batch.active.tolist() == [False, True, True, True, False, True]
+    assert batch.shapes[0].tolist() == [1, 1, 1, 1]
+    order = [5, 1, 2, 3]
+    lr = np.zeros(6)
+    lr[order] = single_lrs(tasks)
+    bstats = batch.train(11, lr)
+    for k, task in zip(order, tasks, strict=True):
+        single = task.train(11, float(lr[k]))
+        if kernel == "exact":
+            assert_stats_match(bstats, k, single)
+            assert_slot_matches(batch, k, task)
+        else:
+            assert_fast_stats_match(bstats, k, single)
+            assert_fast_slot_matches(batch, k, task)
+    assert_padding_zero(batch)
+    batch.resize(3)  # shrinking drops slots 3.. (here: the moved problem)
+    assert batch.n_slots == 3 and batch.active.tolist() == [False, True, True]
+
+
+# -- bucketing ------------------------------------------------------------------------------
+def family_tasks(family, split, indices):
+    return [family.make_task(family.instance_config(split, i)) for i in indices]
+
+
+def test_shape_classes_cover_the_family():
+    family = NMFFamily(0)
+    classes = shape_classes(family, "train", n_bins=2)
+    assert len(classes) == 6
+    assert {c[3] for c in classes} == {16, 32, 64} and {c[1] for c in classes} == {100, 150}
+    assert all(c[0] == 300 and c[2] == 12 for c in classes)
+    assert len(shape_classes(family, "train", n_bins=3, rank_bins=2)) == 18
+    batch = BucketedNMF(40, classes, dtype=torch.float64)
+    for i, task in enumerate(family_tasks(family, "train", range(40))):
+        g = batch.class_of(task)
+        box = batch.classes[g]
+        assert task.n <= box[1] and task.rank <= box[2] and task.batch_size <= box[3]
+        # the cheapest box that fits: no earlier class contains the task
+        assert not any(grp.fits(task) for grp in batch.groups[:g])
+        assert task.batch_size == box[3] and box[1] - task.n < 51
+        batch.load(i, task, np.random.default_rng(i))
+    for shift in family_tasks(family, "shift", range(3)):
+        with pytest.raises(ValueError, match="max_shape"):
+            batch.class_of(shift)
+
+
+@pytest.mark.parametrize("kernel", ["exact", "fast"])
+def test_bucketed_slots_match_single_tasks(kernel):
+    """Per slot, a bucketed batch is the single task, also across reloads that move slots."""
+    family = NMFFamily(3, m=(20, 60), n=(10, 40), rank=(2, 6), batch_sizes=(4, 8))
+    tasks = family_tasks(family, "train", range(10))
+    batch = BucketedNMF.for_family(
+        10, family, "train", dtype=torch.float64, kernel=kernel, capacity=2
+    )
+    for k, task in enumerate(tasks):
+        batch.load(k, task, np.random.default_rng(k))
+        task.reset(np.random.default_rng(k))
+    assert sum(1 for m in batch._members if m) > 2
+    match_stats = assert_stats_match if kernel == "exact" else assert_fast_stats_match
+    match_slot = assert_slot_matches if kernel == "exact" else assert_fast_slot_matches
+    rtol = RTOL if kernel == "exact" else FAST_RTOL
+    for call in range(4):
+        lr = np.array([0.45 * t.lr_bound() for t in tasks])
+        np.testing.assert_allclose(batch.lr_bound(), 2 * lr / 0.9, rtol=rtol)
+        bstats = batch.train(8, lr)
+        for k, task in enumerate(tasks):
+            match_stats(bstats, k, task.train(8, float(lr[k])))
+            match_slot(batch, k, task)
+        np.testing.assert_allclose(batch.evaluate(), [t.evaluate() for t in tasks], rtol=rtol)
+        # new problems for a few slots: they change class, the classes re-pack
+        for k in (call, call + 5):
+            tasks[k] = family_tasks(family, "train", [100 + 10 * call + k])[0]
+            batch.load(k, tasks[k], np.random.default_rng(1000 + k))
+            tasks[k].reset(np.random.default_rng(1000 + k))
+    for g, members in enumerate(batch._members):  # every class packed at its front
+        assert batch.groups[g].active[: len(members)].all()
+        assert not batch.groups[g].active[len(members) :].any()
+        assert [batch._pos[s] for s in members] == list(range(len(members)))
+    np.testing.assert_array_equal(batch.shapes, [[t.m, t.n, t.rank, t.batch_size] for t in tasks])
+    snap, ref = batch.slot_snapshot(4), tasks[4].snapshot()
+    assert snap["rng"] == ref["rng"] and snap["ref_loss"] == ref["ref_loss"]
+
+
+def test_bucketed_results_do_not_depend_on_the_other_slots():
+    """float32 fast kernel: the same problems in one batch or split in two, bit for bit."""
+    family = NMFFamily(0)
+    tasks = family_tasks(family, "train", range(24))
+
+    def run(indices):
+        batch = BucketedNMF.for_family(len(indices), family, "train")
+        for j, i in enumerate(indices):
+            batch.load(j, tasks[i], np.random.default_rng(i))
+        out = []
+        for _ in range(3):
+            lr = 0.5 * batch.lr_bound()
+            stats = batch.train(20, lr, track_updates=False)
+            out.append(np.column_stack([stats.losses, stats.grad_norm, batch.evaluate(), lr]))
+        return np.stack(out)
+
+    whole = run(list(range(24)))
+    parts = np.concatenate([run(list(range(9))), run(list(range(9, 24)))], axis=1)
+    np.testing.assert_array_equal(whole, parts)
+
+
+def test_bucketed_deactivate_empty_slots_and_validation():
+    family = NMFFamily(0)
+    batch = BucketedNMF.for_family(4, family, "test", dtype=torch.float64)
+    tasks = family_tasks(family, "test", range(2))
+    batch.load(0, tasks[0], np.random.default_rng(0))
+    batch.load(2, tasks[1], np.random.default_rng(1))
+    assert batch.active.tolist() == [True, False, True, False]
+    assert batch.slot_classes[1] == -1 and batch.lr_bound()[1] == np.inf
+    assert batch.evaluate()[3] == 0.0
+    stats = batch.train(3, np.array([0.0, np.nan, 0.0, -1.0]))  # empty slots: lr ignored
+    assert stats.n_done.tolist() == [3, 0, 3, 0]
+    with pytest.raises(ValueError, match="lr"):
+        batch.train(3, np.array([np.inf, 0.1, 0.1, 0.1]))
+    with pytest.raises(ValueError, match="empty"):
+        batch.factors(1)
+    with pytest.raises(IndexError):
+        batch.load(4, tasks[0], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="kernel"):
+        BucketedNMF(2, [(10, 10, 2, 2)], kernel="turbo")
+    with pytest.raises(ValueError, match="kernel"):
+        BatchedNMF(2, (10, 10, 2, 2), kernel="turbo")
+    batch.deactivate(0)
+    assert batch.active.tolist() == [False, False, True, False]
+    assert batch.train(3, 0.0).n_done.tolist() == [0, 0, 3, 0]

@@ -35,9 +35,13 @@ EXTRA_CONFIGS = {
     "probe": [{"every": 2, "k": 1, "continue_from": "winner"}, {"p": 1.0, "k": 3}],
 }
 
+# Entries that cannot be built from options alone: "learned" needs an exported policy file
+# (there is no default), so its contract is checked in test_learned.py with a trained policy.
+NEEDS_FILE = {"learned"}
+
 CASES = [
     pytest.param(name, cfg, id=f"{name}-{i}")
-    for name in sorted(SCHEDULERS)
+    for name in sorted(set(SCHEDULERS) - NEEDS_FILE)
     for i, cfg in enumerate([{}, *EXTRA_CONFIGS.get(name, [])])
 ]
 OBSERVING = [c for c in CASES if not SCHEDULERS[c.values[0]].drives_training]
@@ -45,7 +49,7 @@ OPEN_LOOP = [c for c in CASES if SCHEDULERS[c.values[0]].open_loop]
 
 
 def test_every_entry_is_covered():
-    assert {c.values[0] for c in CASES} == set(SCHEDULERS)
+    assert {c.values[0] for c in CASES} | NEEDS_FILE == set(SCHEDULERS)
     assert len(OPEN_LOOP) >= 8
 
 
