@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from metasched.inner_tasks.base import InnerTask
+from metasched.inner_tasks.base import InnerTask, StepStats
 from metasched.signal import TrainingSignal
 
 __all__ = ["CLIP_MODES", "DEFAULT_CLIP", "DEFAULT_KAPPA", "ClipMode", "Driver", "IntervalInfo"]
@@ -161,8 +162,15 @@ class Driver:
                 return cap, True
         return lr, False
 
-    def advance(self, lr: float) -> tuple[TrainingSignal, IntervalInfo]:
-        """Train one decision interval at ``lr`` (clipped) and return its signal and info."""
+    def advance(
+        self, lr: float, *, train: Callable[[int, float], StepStats] | None = None
+    ) -> tuple[TrainingSignal, IntervalInfo]:
+        """Train one decision interval at ``lr`` (clipped) and return its signal and info.
+
+        ``train(n_steps, applied_lr)`` replaces ``task.train`` for schedulers that take the
+        inner steps themselves (hypergradient descent, line search): clipping, step
+        accounting, divergence handling and the signal stay those of every other interval.
+        """
         if self.done:
             raise RuntimeError("the run is over (budget spent or diverged); call start() first")
         if not (math.isfinite(lr) and lr >= 0):
@@ -171,7 +179,7 @@ class Driver:
         self.clip_count += int(clipped)
         n = min(self.interval, self.budget - self.step)
         t0 = time.perf_counter()
-        stats = self.task.train(n, applied)
+        stats = (self.task.train if train is None else train)(n, applied)
         self.step += stats.n_done
         self.capped_count += stats.capped
         self.diverged = bool(stats.diverged)

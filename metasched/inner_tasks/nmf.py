@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from metasched.inner_tasks.base import InnerTask, StepStats, TaskFamily, check_split
+from metasched.inner_tasks.gradients import GradientTask, StepSize, UpdateResult
 
 __all__ = ["NMFConfig", "NMFFamily", "NMFTask", "planted_matrix"]
 
@@ -104,7 +105,7 @@ def planted_matrix(config: NMFConfig) -> np.ndarray:
     return v
 
 
-class NMFTask(InnerTask):
+class NMFTask(InnerTask, GradientTask):
     """Stochastic projected-SGD NMF on one matrix (see the module docstring for the maths).
 
     Args:
@@ -297,6 +298,99 @@ class NMFTask(InnerTask):
         self._noise_gen = torch.Generator()
         self._noise_gen.set_state(snap["noise_rng"])
         self._ref_loss = snap["ref_loss"]
+
+    # -- GradientTask (per-step access for hypergradient descent and line search) --------
+    def parameter_blocks(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Return the two blocks ``W`` (m x rank) and ``H`` (rank x n)."""
+        return [("W", (self.m, self.rank)), ("H", (self.rank, self.n))]
+
+    def get_parameters(self) -> list[np.ndarray]:
+        """Return copies of ``[W, H]``."""
+        return [self.W.copy(), self.H.copy()]
+
+    def set_parameters(self, params: Any) -> None:
+        """Overwrite ``W`` and ``H`` (copied; shapes must match)."""
+        if len(params) != 2:
+            raise ValueError(f"NMF has 2 parameter blocks (W, H), got {len(params)}")
+        for (name, shape), p in zip(self.parameter_blocks(), params, strict=True):
+            if np.shape(p) != shape:
+                raise ValueError(f"block {name} must have shape {shape}, got {np.shape(p)}")
+        self.W = np.array(params[0], dtype=np.float64)
+        self.H = np.array(params[1], dtype=np.float64)
+
+    def sample_minibatch(self) -> np.ndarray:
+        """Row indices of the next minibatch (the same draw as one step of ``train``)."""
+        return (self._rng.random(self.batch_size) * self.m).astype(np.intp)
+
+    def minibatch_loss(self, batch: np.ndarray) -> float:
+        """``||V_B - W_B H||^2 / (2 b n)`` at the current parameters."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            res = self.W[batch] @ self.H
+            res -= self.V[batch]
+            return 0.5 * float(np.vdot(res, res)) * (1.0 / (self.batch_size * self.n))
+
+    def minibatch_gradients(self, batch: np.ndarray) -> tuple[float, list[np.ndarray]]:
+        """Loss of ``batch`` and the dense gradients ``[G_W, G_H]`` that ``train`` uses.
+
+        ``G_W`` is zero outside the sampled rows (a row drawn twice gets the gradient of its
+        last draw, as in ``train``); the gradient noise is drawn as by ``train(1, lr)``.
+        """
+        b, n, r = self.batch_size, self.n, self.rank
+        W, H = self.W, self.H
+        with np.errstate(over="ignore", invalid="ignore"):
+            wb = W[batch]
+            res = wb @ H
+            res -= self.V[batch]
+            loss = 0.5 * float(np.vdot(res, res)) * (1.0 / (b * n))
+            gw = (res @ H.T) * (1.0 / n)
+            gh = (wb.T @ res) * (1.0 / (b * n))
+            if self.grad_noise > 0:
+                noise = torch.randn(b * r + r * n, generator=self._noise_gen).numpy()
+                sw = self.grad_noise / (n * math.sqrt(r))
+                sh = self.grad_noise / (b * n * math.sqrt(r))
+                gw += noise[: b * r].reshape(b, r) * (sw * math.sqrt(float(np.vdot(H, H))))
+                gh += noise[b * r :].reshape(r, n) * (sh * math.sqrt(float(np.vdot(wb, wb))))
+        g_w = np.zeros_like(W)
+        g_w[batch] = gw
+        return loss, [g_w, gh]
+
+    def apply_update(self, grads: Any, step_sizes: Any) -> UpdateResult:
+        """Projected step ``p <- max(0, p - s * g)`` per block, with the optional update cap."""
+        if len(grads) != 2 or len(step_sizes) != 2:
+            raise ValueError(
+                f"NMF has 2 parameter blocks (W, H); got {len(grads)} gradients and "
+                f"{len(step_sizes)} step sizes"
+            )
+        cap = self.update_cap
+        deltas, sens = [], []
+        capped = 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i, (p, g, s) in enumerate(zip((self.W, self.H), grads, step_sizes, strict=True)):
+                step: StepSize = s if np.ndim(s) == 0 else np.asarray(s)
+                d = g * -step
+                free = np.ones(p.shape, dtype=bool)
+                if cap is not None:
+                    over = np.abs(d) > cap
+                    capped += int(np.count_nonzero(over))
+                    free &= ~over
+                    np.clip(d, -cap, cap, out=d)
+                new = np.maximum(p + d, 0.0)
+                free &= (p + d) > 0.0
+                deltas.append(new - p)
+                sens.append(np.where(free, -g, 0.0))
+                if i == 0:
+                    self.W = new
+                else:
+                    self.H = new
+        return UpdateResult(delta=deltas, sensitivity=sens, capped=capped)
+
+    def is_diverged(self, loss: float | None = None) -> bool:
+        """``train``'s rule: a loss above the limit (or NaN); W or H collapsed or non-finite."""
+        if loss is not None:
+            return not loss <= self.divergence_factor * self._ref_loss
+        if not (np.isfinite(self.W).all() and np.isfinite(self.H).all()):
+            return True
+        return not (self.H.any() and self.W.any())
 
     # -- stability bound -------------------------------------------------------------------
     def lipschitz(self) -> tuple[float, float]:

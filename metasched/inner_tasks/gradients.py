@@ -1,0 +1,184 @@
+"""Optional capabilities of inner tasks: per-step gradient access and tunable hyperparameters.
+
+:class:`~metasched.inner_tasks.base.InnerTask` only trains whole intervals at one LR. Some
+schedulers need more:
+
+* **Hypergradient descent** (SGD-HD) changes the step size after every step from the dot
+  product of consecutive gradients, possibly one step size per parameter block or entry.
+* **Stochastic line search** (SLS) evaluates the loss of the *same* minibatch at trial points
+  before it commits to a step.
+
+Both take the optimizer steps themselves through :class:`GradientTask`, a small interface a
+task implements in addition to ``InnerTask``. One step of training through it is::
+
+    batch = task.sample_minibatch()                  # advances the task's data stream
+    loss, grads = task.minibatch_gradients(batch)    # advances its gradient-noise stream
+    result = task.apply_update(grads, step_sizes)    # p <- P(p - s * g), per block
+
+Design rules (what an implementation must guarantee):
+
+* **Parameters** are a list of *blocks* (``parameter_blocks()`` gives their names and shapes;
+  NMF has two, ``W`` and ``H``; a torch model one per tensor). Blocks are exchanged as numpy
+  arrays — CPU torch tensors convert without a copy (``Tensor.numpy()`` /
+  ``torch.from_numpy``) — so schedulers need no framework code.
+* **Step sizes** per block are a float (one rate for the block) or an array of the block's
+  shape (one rate per entry); :meth:`GradientTask.apply_update` takes one per block.
+* **The update is the task's plain projected SGD step**: ``p <- P(p - s * g)`` where ``P`` is
+  the task's projection (``max(0, .)`` for NMF, the identity for unconstrained models) and
+  any per-entry update cap the task applies in ``train``. The task's own momentum is *not*
+  applied (HD and SLS are defined on plain SGD); weight decay, if the task has it, is part of
+  the gradient ``minibatch_gradients`` returns.
+* **Gradients are the ones training uses**: stochastic (the minibatch), including the task's
+  additive gradient noise, if any.
+* **Determinism**: ``sample_minibatch`` draws from the same data stream as ``train`` and
+  ``minibatch_gradients`` from the same gradient-noise stream (both are part of
+  ``snapshot()``); ``minibatch_loss``, ``get_parameters``, ``set_parameters`` and
+  ``apply_update`` draw nothing. A step through this interface at one scalar step size
+  should equal ``train(1, step)`` (NMF guarantees it bit for bit), so restoring a snapshot
+  and stepping again replays the same minibatches.
+* **Divergence** is judged by :meth:`GradientTask.is_diverged` with the same rule ``train``
+  uses (a non-finite or exploding minibatch loss; a collapsed or non-finite parameter state).
+
+:class:`HyperparameterTask` is the second, independent capability: optimizer
+hyperparameters beyond the LR (momentum, weight decay) that population-based training may
+set between intervals. Tasks without it are searched over the LR only.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "GradientTask",
+    "HyperparameterTask",
+    "StepSize",
+    "UpdateResult",
+    "require_gradient_task",
+    "supports_gradients",
+    "supports_hyperparameters",
+]
+
+#: A step size for one parameter block: one float, or an array of the block's shape.
+StepSize = float | np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """What :meth:`GradientTask.apply_update` did.
+
+    Attributes:
+        delta: per block, the change ``p_new - p_old`` actually applied (after projection
+            and capping).
+        sensitivity: per block, the derivative of ``p_new`` with respect to the step size of
+            each entry: ``-g`` where neither the projection nor the cap is active, ``0``
+            where one of them clamps the entry. Hypergradient descent differentiates the
+            next loss through it (for unconstrained tasks it is simply ``-g``).
+        capped: number of entries the task's per-entry update cap limited.
+    """
+
+    delta: list[np.ndarray]
+    sensitivity: list[np.ndarray]
+    capped: int = 0
+
+    @property
+    def update_sq(self) -> float:
+        """Squared norm of the applied update over all blocks."""
+        return float(sum(np.vdot(d, d) for d in self.delta))
+
+
+class GradientTask(abc.ABC):
+    """Per-step access to minibatch losses, gradients and projected updates.
+
+    A mixin for :class:`~metasched.inner_tasks.base.InnerTask` subclasses; see the module
+    docstring for the guarantees an implementation gives.
+    """
+
+    @abc.abstractmethod
+    def parameter_blocks(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Return ``(name, shape)`` of every parameter block, in a fixed order."""
+
+    @abc.abstractmethod
+    def get_parameters(self) -> list[np.ndarray]:
+        """Return a copy of every parameter block."""
+
+    @abc.abstractmethod
+    def set_parameters(self, params: Sequence[np.ndarray]) -> None:
+        """Overwrite every parameter block (shapes as in :meth:`parameter_blocks`)."""
+
+    @abc.abstractmethod
+    def sample_minibatch(self) -> Any:
+        """Draw the next training minibatch from the task's data stream (opaque object)."""
+
+    @abc.abstractmethod
+    def minibatch_loss(self, batch: Any) -> float:
+        """Return the training loss of ``batch`` at the current parameters (draws nothing)."""
+
+    @abc.abstractmethod
+    def minibatch_gradients(self, batch: Any) -> tuple[float, list[np.ndarray]]:
+        """Return the loss of ``batch`` and the stochastic gradient of every block.
+
+        The gradient is what training uses: of the minibatch loss (plus weight decay, if the
+        task has it), with the task's gradient noise, drawn from its noise stream.
+        """
+
+    @abc.abstractmethod
+    def apply_update(
+        self, grads: Sequence[np.ndarray], step_sizes: Sequence[StepSize]
+    ) -> UpdateResult:
+        """Apply ``p <- P(p - s * g)`` to every block (``s`` a float or per-entry array)."""
+
+    @abc.abstractmethod
+    def is_diverged(self, loss: float | None = None) -> bool:
+        """Whether training has diverged by the task's rule.
+
+        With ``loss`` (a minibatch loss), judges that loss (non-finite or exploding); without
+        it, judges the parameter state (collapsed or non-finite parameters).
+        """
+
+
+class HyperparameterTask(abc.ABC):
+    """Optimizer hyperparameters beyond the LR that a search scheduler may change.
+
+    Values are not part of the task's snapshot: a scheduler that keeps several members on
+    one task (PBT) sets each member's values before training it.
+    """
+
+    @abc.abstractmethod
+    def hyperparameters(self) -> dict[str, float]:
+        """Return the current value of every tunable hyperparameter (e.g. ``momentum``)."""
+
+    @abc.abstractmethod
+    def set_hyperparameters(self, **values: float) -> None:
+        """Set some hyperparameters; unknown names or invalid values raise ``ValueError``."""
+
+
+def supports_gradients(task: Any) -> bool:
+    """Whether ``task`` implements :class:`GradientTask`."""
+    return isinstance(task, GradientTask)
+
+
+def supports_hyperparameters(task: Any) -> bool:
+    """Whether ``task`` implements :class:`HyperparameterTask`."""
+    return isinstance(task, HyperparameterTask)
+
+
+def require_gradient_task(task: Any, who: str) -> GradientTask:
+    """Return ``task`` if it implements :class:`GradientTask`, else raise ``ValueError``.
+
+    Args:
+        task: the inner task.
+        who: the scheduler that needs it (named in the message).
+    """
+    if not isinstance(task, GradientTask):
+        name = getattr(task, "name", type(task).__name__)
+        raise ValueError(
+            f"{who} needs per-step gradient access, but task {name!r} "
+            f"({type(task).__name__}) does not implement "
+            "metasched.inner_tasks.gradients.GradientTask"
+        )
+    return task
