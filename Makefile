@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 	# CPU wheel, pinned: a loose torch requirement would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# Fashion-MNIST IDX files for the `fashion` task (Debian package dataset-fashion-mnist);
+	# skipped without apt-get or on failure: the task then raises an error naming the package
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+		&& command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+		 || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+		|| echo "warning: dataset-fashion-mnist not installed; the fashion task is unavailable"; \
+	fi
 	touch $(STAMP)
 
 install: $(STAMP)

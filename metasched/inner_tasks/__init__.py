@@ -6,12 +6,24 @@ from typing import Any
 
 from metasched.errors import UnknownNameError, did_you_mean
 from metasched.inner_tasks.base import SPLITS, InnerTask, StepStats, TaskFamily, check_split
+from metasched.inner_tasks.fashion import FashionConfig, FashionFamily, FashionTask
+from metasched.inner_tasks.mlp import MLPConfig, MLPFamily, MLPTask
+from metasched.inner_tasks.mnist1d import MNIST1DConfig, MNIST1DFamily, MNIST1DTask
 from metasched.inner_tasks.nmf import NMFConfig, NMFFamily, NMFTask, planted_matrix
 
 __all__ = [
     "SPLITS",
     "TASK_FAMILIES",
+    "FashionConfig",
+    "FashionFamily",
+    "FashionTask",
     "InnerTask",
+    "MLPConfig",
+    "MLPFamily",
+    "MLPTask",
+    "MNIST1DConfig",
+    "MNIST1DFamily",
+    "MNIST1DTask",
     "NMFConfig",
     "NMFFamily",
     "NMFTask",
@@ -23,7 +35,12 @@ __all__ = [
 ]
 
 #: Registry of task families by name; extensions add entries on import.
-TASK_FAMILIES: dict[str, type[TaskFamily]] = {"nmf": NMFFamily}
+TASK_FAMILIES: dict[str, type[TaskFamily]] = {
+    "nmf": NMFFamily,
+    "mlp": MLPFamily,
+    "mnist1d": MNIST1DFamily,
+    "fashion": FashionFamily,
+}
 
 
 def make_family(name: str, seed: int = 0, **kwargs: Any) -> TaskFamily:

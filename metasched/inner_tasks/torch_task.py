@@ -1,0 +1,388 @@
+"""Shared machinery of the small neural-network inner tasks (MLP, CNN, char transformer).
+
+:class:`TorchTask` implements everything the :class:`~metasched.inner_tasks.base.InnerTask`
+contract asks of a torch model trained by minibatch SGD, so that each concrete task only says
+which model it trains and where its minibatches come from:
+
+* **Parameters** are (re-)initialised in place at :meth:`~TorchTask.reset` from a
+  ``torch.Generator`` derived from the ``reset(generator)`` argument: weights of dimension
+  >= 2 are drawn ``N(0, init_scale^2 * 2 / fan_in)`` (He initialisation scaled by the
+  instance's ``init_scale``), 1-D ``weight`` tensors (norm layers) start at 1, biases at 0.
+  Subclasses can override :meth:`~TorchTask.init_parameter`. No global RNG is read or
+  advanced, not even when the model is built.
+* **SGD** with optional momentum, written as an exponential moving average of the gradient
+  (``buf <- mu * buf + (1 - mu) * g``, ``p <- p - lr * buf``, i.e. torch's ``SGD`` with
+  ``dampening = momentum``), so that the useful LR range does not move with the momentum;
+  optional L2 weight decay is added to the gradient.
+* **Snapshots** copy the parameters, the momentum buffers, the minibatch ``torch.Generator``
+  state and the divergence reference, so restoring one and training again replays the same
+  minibatches and gives bit-identical losses.
+* **Divergence** is a non-finite minibatch loss, a loss above ``divergence_factor`` times the
+  loss at initialisation, or a non-finite gradient; training stops at the first such step.
+* **Threads**: tiny models are overhead-bound, and torch's intra-op pool running beside
+  numpy's OpenBLAS pool was seen to collapse throughput 10-100x on two cores. Every
+  :meth:`~TorchTask.train` and :meth:`~TorchTask.evaluate` call therefore runs with
+  ``num_threads`` torch threads (default 1; the previous setting is restored afterwards);
+  parallelism comes from running several processes (``SubprocVecEnv`` workers). Set
+  ``OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=MKL_NUM_THREADS=1`` (the Makefile does) so the BLAS
+  pools behave the same way.
+
+:class:`ArrayClassificationTask` adds what the image / signal classification tasks share:
+in-memory ``(x, y)`` training and validation tensors, minibatches drawn uniformly with
+replacement, cross-entropy loss, and :meth:`~ArrayClassificationTask.evaluate` = the mean
+cross-entropy over the held-out set.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metasched.inner_tasks.base import InnerTask, StepStats
+
+__all__ = [
+    "ArrayClassificationTask",
+    "TorchTask",
+    "build_module",
+    "check_fraction",
+    "check_nonneg_float",
+    "check_positive_int",
+    "choice",
+    "flip_labels",
+    "torch_generator",
+]
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int or raise a ``ValueError`` naming ``name`` and the value."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_nonneg_float(name: str, value: Any) -> float:
+    """Return ``value`` as a float or raise a ``ValueError`` unless finite and >= 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.number)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any, *, one_ok: bool = False) -> float:
+    """Return ``value`` as a float in ``[0, 1)`` (``[0, 1]`` with ``one_ok``) or raise."""
+    v = check_nonneg_float(name, value)
+    if v > 1 or (v == 1 and not one_ok):
+        bound = "[0, 1]" if one_ok else "[0, 1)"
+        raise ValueError(f"{name} must lie in {bound}, got {value!r}")
+    return v
+
+
+def choice(rng: np.random.Generator, options: tuple[Any, ...]) -> Any:
+    """Return one of ``options``, drawn uniformly from ``rng``."""
+    return options[int(rng.integers(len(options)))]
+
+
+def flip_labels(
+    y: np.ndarray, fraction: float, n_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Return a copy of ``y`` with a ``fraction`` of labels replaced by random classes."""
+    y = np.array(y, dtype=np.int64)
+    if fraction > 0:
+        mask = rng.random(len(y)) < fraction
+        y[mask] = rng.integers(n_classes, size=int(mask.sum()))
+    return y
+
+
+def torch_generator(generator: np.random.Generator) -> torch.Generator:
+    """Return a fresh CPU ``torch.Generator`` seeded from a numpy ``generator``."""
+    return torch.Generator().manual_seed(int(generator.integers(2**63)))
+
+
+def build_module(factory: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    """Call ``factory(*args, **kwargs)`` without reading or advancing torch's global RNG.
+
+    torch layers initialise themselves from the global generator when constructed; the
+    tasks re-initialise every parameter from their own generator anyway, so construction
+    runs inside :func:`torch.random.fork_rng`, which restores the global state afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return factory(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    prev = torch.get_num_threads()
+    if prev != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if prev != n:
+            torch.set_num_threads(prev)
+
+
+class TorchTask(InnerTask):
+    """An :class:`InnerTask` that trains a torch ``nn.Module`` with minibatch SGD.
+
+    Subclasses build the model in their constructor (through :func:`build_module`), assign it
+    to :attr:`model`, then call :meth:`_setup`; they implement :meth:`draw_batches` (the
+    randomness of ``n`` steps, drawn at once from :attr:`data_gen`), :meth:`batch_loss` (the
+    loss of step ``t`` of those draws) and :meth:`evaluate`.
+
+    Args:
+        name: instance name.
+        momentum: EMA momentum ``mu`` in ``[0, 1)`` (0: plain SGD).
+        weight_decay: L2 coefficient added to the gradient.
+        init_scale: multiplier of the He-initialisation standard deviation.
+        divergence_factor: a minibatch loss above this multiple of the loss at
+            initialisation (or a non-finite loss or gradient) counts as divergence.
+        reference_lr: what :meth:`default_lr` returns (the env's ``lr_ref``, the runner's
+            default base LR): a good constant LR for the family, not tuned per instance.
+        num_threads: torch intra-op threads during :meth:`train` / :meth:`evaluate`.
+    """
+
+    model: nn.Module
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        init_scale: float = 1.0,
+        divergence_factor: float = 1e3,
+        reference_lr: float = 0.1,
+        num_threads: int = 1,
+    ) -> None:
+        self.name = name
+        self.momentum = check_fraction("momentum", momentum)
+        self.weight_decay = check_nonneg_float("weight_decay", weight_decay)
+        self.init_scale = check_nonneg_float("init_scale", init_scale)
+        if not (isinstance(divergence_factor, int | float) and divergence_factor > 1):
+            raise ValueError(f"divergence_factor must be > 1, got {divergence_factor!r}")
+        self.divergence_factor = float(divergence_factor)
+        if (
+            not (isinstance(reference_lr, int | float) and math.isfinite(reference_lr))
+            or not reference_lr > 0
+        ):
+            raise ValueError(f"reference_lr must be a positive finite number, got {reference_lr!r}")
+        self.reference_lr = float(reference_lr)
+        self.num_threads = check_positive_int("num_threads", num_threads)
+        self.data_gen = torch.Generator().manual_seed(0)
+        self._ref_loss = 1.0
+
+    def _setup(self) -> None:
+        """Collect the trainable parameters of :attr:`model` and their momentum buffers."""
+        self.model.requires_grad_(True)
+        self._named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params: list[torch.Tensor] = [p for _, p in self._named]
+        self.buffers: list[torch.Tensor] = [torch.zeros_like(p) for p in self.params]
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable scalars."""
+        return sum(p.numel() for p in self.params)
+
+    # -- hooks -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def draw_batches(self, n_steps: int) -> Any:
+        """Draw the minibatch randomness of ``n_steps`` steps from :attr:`data_gen`."""
+
+    @abc.abstractmethod
+    def batch_loss(self, draws: Any, t: int) -> torch.Tensor:
+        """Return the (scalar, differentiable) minibatch loss of step ``t`` of ``draws``."""
+
+    def init_parameter(self, name: str, param: torch.Tensor, gen: torch.Generator) -> None:
+        """Initialise one parameter in place (see the module docstring for the default)."""
+        if param.dim() >= 2:
+            fan_in = param[0].numel()
+            std = self.init_scale * math.sqrt(2.0 / fan_in)
+            nn.init.normal_(param, 0.0, std, generator=gen)
+        elif name.endswith("weight"):
+            nn.init.ones_(param)
+        else:
+            nn.init.zeros_(param)
+
+    # -- InnerTask ---------------------------------------------------------------------------
+    def reset(self, generator: np.random.Generator) -> None:
+        """Re-initialise parameters, zero the momentum, reseed the minibatch generator."""
+        init_gen = torch_generator(generator)
+        self.data_gen = torch_generator(generator)
+        with torch.no_grad():
+            for (name, p), buf in zip(self._named, self.buffers, strict=True):
+                self.init_parameter(name, p, init_gen)
+                buf.zero_()
+        loss = self.evaluate()
+        self._ref_loss = loss if math.isfinite(loss) and loss > 0 else 1.0
+
+    def train(self, n_steps: int, lr: float) -> StepStats:
+        """Run ``n_steps`` SGD steps at ``lr``; stop at the first divergent step."""
+        if not isinstance(n_steps, int | np.integer) or n_steps < 0:
+            raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+        if not (isinstance(lr, int | float | np.number) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+        lr = float(lr)
+        n_steps = int(n_steps)
+        params, bufs = self.params, self.buffers
+        mu, wd = self.momentum, self.weight_decay
+        limit = self.divergence_factor * self._ref_loss
+        losses = np.empty(n_steps)
+        g2 = torch.zeros(())
+        u2 = torch.zeros(())
+        done, diverged = 0, False
+        with _threads(self.num_threads):
+            draws = self.draw_batches(n_steps) if n_steps else None
+            for t in range(n_steps):
+                loss = self.batch_loss(draws, t)
+                value = loss.item()
+                losses[t] = value
+                done = t + 1
+                if not value <= limit:  # also catches NaN
+                    diverged = True
+                    break
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    if wd:
+                        torch._foreach_add_(grads, params, alpha=wd)
+                    g2 += torch.stack(torch._foreach_norm(grads)).square().sum()
+                    if mu:
+                        torch._foreach_lerp_(bufs, grads, 1.0 - mu)
+                        step = bufs
+                    else:
+                        step = list(grads)
+                    u2 += torch.stack(torch._foreach_norm(step)).square().sum() * (lr * lr)
+                    torch._foreach_add_(params, step, alpha=-lr)
+        n_updates = done - int(diverged)
+        g2_mean = float(g2) / max(n_updates, 1)
+        if not math.isfinite(g2_mean):
+            diverged = True  # a non-finite gradient poisoned the parameters
+        ups = int(np.count_nonzero(np.diff(losses[:done]) > 0)) if done > 1 else 0
+        return StepStats(
+            losses=losses[:done],
+            grad_norm=math.sqrt(g2_mean) if math.isfinite(g2_mean) else math.inf,
+            update_norm=math.sqrt(max(float(u2), 0.0) / max(n_updates, 1)),
+            diverged=diverged,
+            n_done=done,
+            n_increasing=ups,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Copy parameters, momentum buffers, the minibatch RNG state and the reference loss."""
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "buffers": [b.clone() for b in self.buffers],
+            "data_gen": self.data_gen.get_state(),
+            "ref_loss": self._ref_loss,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Return to a snapshot (copied in place; the snapshot itself stays reusable)."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, snap["params"])
+            torch._foreach_copy_(self.buffers, snap["buffers"])
+        self.data_gen = torch.Generator()
+        self.data_gen.set_state(snap["data_gen"])
+        self._ref_loss = snap["ref_loss"]
+
+    def default_lr(self) -> float:
+        """Return the family's reference learning rate (see ``reference_lr``)."""
+        return self.reference_lr
+
+    @property
+    def has_validation(self) -> bool:
+        """True: :meth:`evaluate` measures a held-out set."""
+        return True
+
+    def evaluate(self) -> float:
+        """Return the held-out loss (non-finite when the parameters are)."""
+        with _threads(self.num_threads), torch.no_grad():
+            return float(self.validation_loss())
+
+    @abc.abstractmethod
+    def validation_loss(self) -> float:
+        """Compute the held-out loss (called without gradients, with the thread setting)."""
+
+
+class ArrayClassificationTask(TorchTask):
+    """A classifier trained on in-memory arrays with cross-entropy loss.
+
+    Args:
+        model: the network (built with :func:`build_module`); its output is ``(batch, k)``
+            logits.
+        x_train, y_train: training inputs and integer labels (possibly noisy).
+        x_val, y_val: held-out inputs and labels.
+        batch_size: examples per minibatch, drawn uniformly with replacement.
+        eval_chunk: examples per forward pass in :meth:`evaluate`.
+        **kwargs: the :class:`TorchTask` arguments.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        batch_size: int,
+        eval_chunk: int = 2048,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.eval_chunk = check_positive_int("eval_chunk", eval_chunk)
+        self.x_train = torch.tensor(np.asarray(x_train), dtype=torch.float32)
+        self.y_train = torch.tensor(np.asarray(y_train), dtype=torch.long)
+        self.x_val = torch.tensor(np.asarray(x_val), dtype=torch.float32)
+        self.y_val = torch.tensor(np.asarray(y_val), dtype=torch.long)
+        for what, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
+            if len(x) == 0 or len(x) != len(y):
+                raise ValueError(
+                    f"{what} inputs and labels must be non-empty and of equal length, "
+                    f"got {len(x)} and {len(y)}"
+                )
+        self.model = model
+        self._setup()
+
+    def draw_batches(self, n_steps: int) -> torch.Tensor:
+        """Return the indices of ``n_steps`` minibatches, uniform with replacement."""
+        return torch.randint(len(self.x_train), (n_steps, self.batch_size), generator=self.data_gen)
+
+    def batch_loss(self, draws: torch.Tensor, t: int) -> torch.Tensor:
+        """Cross-entropy of minibatch ``t``."""
+        idx = draws[t]
+        return F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
+
+    def _chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        for i in range(0, len(x), self.eval_chunk):
+            yield x[i : i + self.eval_chunk], y[i : i + self.eval_chunk]
+
+    def validation_loss(self) -> float:
+        """Mean cross-entropy over the held-out set."""
+        total = 0.0
+        for xb, yb in self._chunks(self.x_val, self.y_val):
+            total += float(F.cross_entropy(self.model(xb), yb, reduction="sum"))
+        return total / len(self.x_val)
+
+    def accuracy(self, split: str = "val") -> float:
+        """Classification accuracy on the ``val`` (default) or ``train`` set."""
+        if split not in ("val", "train"):
+            raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+        x, y = (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
+        correct = 0
+        with _threads(self.num_threads), torch.no_grad():
+            for xb, yb in self._chunks(x, y):
+                correct += int((self.model(xb).argmax(1) == yb).sum())
+        return correct / len(x)
