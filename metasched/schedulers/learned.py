@@ -21,7 +21,7 @@ import numpy as np
 from metasched.actions import ACTION_MODES, action_to_lr
 from metasched.errors import ConfigError, ExportError
 from metasched.features import FEATURE_NAMES, FeatureTracker
-from metasched.policyfile import PolicyFile, load_policy
+from metasched.policyfile import load_policy
 from metasched.schedulers.base import Scheduler, decode_float, encode_float, register
 from metasched.signal import TrainingSignal
 
@@ -88,13 +88,26 @@ class LearnedScheduler(Scheduler):
     def __init__(self, *, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         if path is None:
-            raise ConfigError("scheduler 'learned' needs path=<an exported .msched policy file>")
+            raise ConfigError(
+                f"scheduler {self.name!r} needs path=<{self._file_kind}>"
+            )
         try:
             where = os.fspath(path)
         except TypeError:
             raise ConfigError(f"path must be a file path, got {path!r}") from None
-        self.policy: PolicyFile = load_policy(where)
-        header = self.policy.header
+        self.policy = self._load_policy(where)
+        self._configure(self.policy.header, where)
+        self._set_config(path=where)
+        self._clear()
+
+    _file_kind: ClassVar[str] = "an exported .msched policy file"
+
+    def _load_policy(self, where: str) -> Any:
+        """Load the policy object (``header``, ``checksum``, ``predict``) from ``where``."""
+        return load_policy(where)
+
+    def _configure(self, header: dict[str, Any], where: str) -> None:
+        """Take the observation/action spec and the env's LR range from a policy header."""
         names = header["observation"].get("names")
         if names != list(FEATURE_NAMES):
             raise ExportError(
@@ -118,13 +131,14 @@ class LearnedScheduler(Scheduler):
         self.lr_range = (lo, hi)
         self.init_lr = init_lr
         self.decision_interval: int | None = int(header["decision_interval"])
-        self._set_config(path=where)
-        self._clear()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LearnedScheduler:
         """Build the scheduler of the policy file ``path``."""
         return cls(path=path)
+
+    #: When a list, every decision appends ``(observation, action)`` to it (distillation).
+    recorder: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def _clear(self) -> None:
         self._tracker = FeatureTracker(1)
@@ -191,6 +205,8 @@ class LearnedScheduler(Scheduler):
 
     def _decide(self, obs: np.ndarray) -> float:
         actions, self._rnn = self.policy.predict(obs, self._rnn)
+        if self.recorder is not None:
+            self.recorder.append((obs[0].copy(), np.asarray(actions[0]).copy()))
         self._lr_arr = action_to_lr(
             self.action_mode, actions[0], self._lr_arr, self._lr_min, self._lr_max
         )

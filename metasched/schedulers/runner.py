@@ -131,7 +131,11 @@ class Run:
             initialisation (half the stability bound for NMF).
         clip, kappa: stability-bound clipping, as in the env.
         measure_val: evaluate the validation loss after every interval (default: tasks with
-            a held-out set only).
+            a held-out set only). The scheduler sees it in its signal.
+        record_eval: also record the task's :meth:`~InnerTask.evaluate` loss after every
+            interval in the trace's ``val_loss`` column when the signal carries none — for
+            metrics and plots only: the scheduler does not see it (its observations stay as
+            in the env) and the task's random streams are untouched.
 
     The scheduler can be swapped between decisions (``run.scheduler = other``), e.g. for a
     fresh instance loaded from a ``state_dict``.
@@ -148,6 +152,7 @@ class Run:
         clip: ClipMode = DEFAULT_CLIP,
         kappa: float = DEFAULT_KAPPA,
         measure_val: bool | None = None,
+        record_eval: bool = False,
     ) -> None:
         if not isinstance(scheduler, Scheduler):
             raise TypeError(f"scheduler must be a Scheduler, got {type(scheduler).__name__}")
@@ -160,6 +165,7 @@ class Run:
             task, budget, interval, clip=clip, kappa=kappa, measure_val=measure_val
         )
         self.trace = Trace(task.name, repr(scheduler), int(budget), int(interval))
+        self.record_eval = bool(record_eval)
         self.last_signal: TrainingSignal | None = None
         self._wall = 0.0
         self._started = False
@@ -211,13 +217,16 @@ class Run:
         signal, info = self.scheduler.advance(self.driver)
         self.scheduler.step(signal)
         self._wall += time.perf_counter() - t0
+        val = math.nan if signal.val_loss is None else signal.val_loss
+        if self.record_eval and signal.val_loss is None:
+            val = math.inf if self.driver.diverged else float(self.task.evaluate())
         tr = self.trace
         tr.append(
             step=signal.step,
             lr=info.requested_lr,
             applied_lr=info.applied_lr,
             train_loss=signal.train_loss,
-            val_loss=math.nan if signal.val_loss is None else signal.val_loss,
+            val_loss=val,
             inner_steps=self.driver.step + self.scheduler.extra_steps,
             wall_time=self._wall,
         )
@@ -251,6 +260,7 @@ def run_schedule(
     clip: ClipMode = DEFAULT_CLIP,
     kappa: float = DEFAULT_KAPPA,
     measure_val: bool | None = None,
+    record_eval: bool = False,
 ) -> Trace:
     """Train ``task`` for ``budget`` inner steps with ``scheduler`` deciding every ``interval``.
 
@@ -272,6 +282,7 @@ def run_schedule(
         clip=clip,
         kappa=kappa,
         measure_val=measure_val,
+        record_eval=record_eval,
     )
     run.start(seed)
     return run.run()

@@ -1,0 +1,604 @@
+"""The comparison harness: task instances × seeds × schedulers, on equal main-line budgets.
+
+:func:`compare` runs every scheduler on the same *problems* — (task family, split,
+instance, seed) — through the shared runner (:func:`~metasched.schedulers.run_schedule`),
+so each scheduler sees the same initialisation and, where it trains the same way, the same
+minibatches (common random numbers: the comparisons are paired).
+
+Fair baselines:
+
+* ``constant``, ``cosine`` and ``greedy-tuned`` (GreedyLR started from a tuned LR) have their
+  (initial / peak) LR tuned by grid search on the ``train`` split: each grid value is a
+  multiple of the instance's reference LR (``task.default_lr()``, the LR every other
+  scheduler, the learned one included, starts from), the multiple with the lowest median
+  final loss over the tuning instances wins (diverged runs count as ``inf``), and it is then
+  used on the evaluated split.
+* ``greedy`` is GreedyLR with its defaults, except that its absolute ``min_lr``/``max_lr``
+  become the LR range the agent has: ``env lr_range × reference LR``.
+
+Everything is cached in the output directory: one JSON file per finished run (written
+atomically), so an interrupted comparison resumes where it stopped, and adding a scheduler
+to a finished comparison runs only the new cells. ``compare.json`` records the settings;
+a directory holding a comparison with other settings is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metasched.errors import ConfigError
+from metasched.inner_tasks import make_family
+from metasched.inner_tasks.base import TaskFamily, check_split
+from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA
+from metasched.schedulers import make_scheduler, run_schedule
+from metasched.schedulers.base import Scheduler
+from metasched.schedulers.runner import TRACE_COLUMNS
+
+__all__ = [
+    "DEFAULT_GRID",
+    "TUNED",
+    "CompareSpec",
+    "SchedulerSpec",
+    "compare",
+    "parse_scheduler",
+    "read_results",
+]
+
+#: Tuning grid: multiples of the instance's reference LR (half-octave steps, 1/64 .. 8).
+DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-6.0, 3.01, 0.5))
+
+#: Labels whose (initial / peak) LR is tuned on ``train``, and the scheduler each runs.
+TUNED: dict[str, str] = {"constant": "constant", "cosine": "cosine", "greedy-tuned": "greedy"}
+
+#: The LR range of the agent, as multiples of the reference LR (LRControlEnv's default).
+AGENT_LR_RANGE: tuple[float, float] = (1e-3, 64.0)
+
+_PATH_SCHEDULERS = ("learned", "rules")
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """One scheduler of a comparison: a label, a registry name and its options."""
+
+    label: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tuned(self) -> bool:
+        """Whether its LR is tuned on the ``train`` split."""
+        return self.label in TUNED
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"cannot parse scheduler option value {text!r}") from None
+
+
+def parse_scheduler(text: str) -> SchedulerSpec:
+    """Parse ``NAME``, ``NAME:key=value,key=value``, ``learned:PATH`` or ``rules:PATH``.
+
+    ``greedy-tuned`` is GreedyLR with a tuned initial LR. Unknown names and options raise
+    with the closest valid choice.
+
+    Example:
+        >>> parse_scheduler("greedy:patience=3,factor=0.5")
+        SchedulerSpec(label='greedy:patience=3,factor=0.5', name='greedy', kwargs={'patience': 3, 'factor': 0.5})
+    """  # noqa: E501
+    text = text.strip()
+    name, sep, rest = text.partition(":")
+    if not name:
+        raise ConfigError(f"empty scheduler name in {text!r}")
+    if name in _PATH_SCHEDULERS:
+        if not rest:
+            raise ConfigError(f"scheduler {name!r} needs a file: {name}:PATH")
+        path = os.path.abspath(rest)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name} file not found: {rest!r}")
+        return SchedulerSpec(f"{name}:{Path(rest).stem}", name, {"path": path})
+    kwargs: dict[str, Any] = {}
+    if sep:
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise ConfigError(f"expected key=value in scheduler {text!r}, got {item!r}")
+            kwargs[key.strip()] = _parse_value(value)
+    registry_name = TUNED.get(name, name) if name == "greedy-tuned" else name
+    make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))  # validates
+    return SchedulerSpec(text, registry_name, kwargs)
+
+
+def _with_bounds(name: str, kwargs: dict[str, Any], lr_ref: float) -> dict[str, Any]:
+    """GreedyLR's absolute LR bounds default to the agent's range around ``lr_ref``."""
+    if name != "greedy":
+        return dict(kwargs)
+    out = dict(kwargs)
+    out.setdefault("min_lr", AGENT_LR_RANGE[0] * lr_ref)
+    out.setdefault("max_lr", AGENT_LR_RANGE[1] * lr_ref)
+    return out
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """Settings of a comparison (everything but the scheduler list, which may grow).
+
+    Args:
+        families: task family names (see ``metasched list``).
+        split: the evaluated split (``test`` or ``shift``; ``train`` is for tuning).
+        n_instances: instances per family.
+        seeds: seeds per instance (run seeds differ per instance and seed).
+        budget: main-line inner steps per run.
+        interval: inner steps per decision.
+        family_seed: seed of the task families.
+        tune_instances: ``train`` instances used to tune the LR of the tuned baselines.
+        grid: tuning grid, as multiples of the reference LR.
+        clip, kappa: stability-bound clipping, as in the env.
+    """
+
+    families: tuple[str, ...] = ("nmf",)
+    split: str = "test"
+    n_instances: int = 50
+    seeds: int = 1
+    budget: int = 2000
+    interval: int = 50
+    family_seed: int = 0
+    tune_instances: int = 10
+    grid: tuple[float, ...] = DEFAULT_GRID
+    clip: str = DEFAULT_CLIP
+    kappa: float = DEFAULT_KAPPA
+
+    def __post_init__(self) -> None:
+        if not self.families:
+            raise ConfigError("compare needs at least one task family")
+        for fam in self.families:
+            make_family(fam, self.family_seed)
+        check_split(self.split)
+        for name in ("n_instances", "seeds", "budget", "interval", "tune_instances"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.interval > self.budget:
+            raise ConfigError(f"interval {self.interval} exceeds the budget {self.budget}")
+        if not self.grid or any(not (g > 0 and math.isfinite(g)) for g in self.grid):
+            raise ConfigError(f"grid must hold positive LR multiples, got {self.grid!r}")
+        if self.clip not in CLIP_MODES:
+            raise ConfigError(f"clip must be one of {CLIP_MODES}, got {self.clip!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        d = asdict(self)
+        d["families"] = list(self.families)
+        d["grid"] = list(self.grid)
+        return d
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a scheduler on one problem at an LR multiple of the reference LR."""
+
+    family: str
+    family_seed: int
+    split: str
+    index: int
+    seed: int
+    label: str
+    name: str
+    kwargs: dict[str, Any]
+    multiple: float | None  # None: the scheduler's own default start
+    budget: int
+    interval: int
+    clip: str
+    kappa: float
+
+    def key(self) -> dict[str, Any]:
+        """Return what identifies the run (stored with its result, checked on resume)."""
+        return asdict(self)
+
+    def path(self, root: Path) -> Path:
+        """Cache file of the run under ``root`` (tuning runs apart from evaluated ones)."""
+        name = f"{self.family}-{self.split}{self.index}-s{self.seed}.json"
+        if self.split == "train" and self.multiple is not None:
+            return root / "cells" / "tune" / _slug(self.label) / f"m{self.multiple:.6g}" / name
+        return root / "cells" / "runs" / _slug(self.label) / name
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+    if len(s) > 60 or s != text:
+        s = f"{s[:48]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return s
+
+
+def problem_rng(family_seed: int, split: str, index: int, seed: int) -> np.random.Generator:
+    """Return the run generator of a problem: every scheduler on it gets the same one."""
+    ss = np.random.SeedSequence([family_seed, check_split(split), index, seed, 0x6D73])
+    return np.random.default_rng(ss)
+
+
+_FAMILIES: dict[tuple[str, int], TaskFamily] = {}
+_PROTOTYPES: dict[str, Scheduler] = {}
+
+
+def _family(name: str, seed: int) -> TaskFamily:
+    key = (name, seed)
+    if key not in _FAMILIES:
+        _FAMILIES[key] = make_family(name, seed)
+    return _FAMILIES[key]
+
+
+def _scheduler(cell: Cell, lr_ref: float) -> Scheduler:
+    kwargs = _with_bounds(cell.name, cell.kwargs, lr_ref)
+    if cell.name in _PATH_SCHEDULERS:  # load each policy file once per process
+        key = json.dumps([cell.name, kwargs], sort_keys=True)
+        if key not in _PROTOTYPES:
+            _PROTOTYPES[key] = make_scheduler(cell.name, **kwargs)
+        import copy
+
+        return copy.deepcopy(_PROTOTYPES[key])
+    return make_scheduler(cell.name, **kwargs)
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Run one cell; return its JSON-able result (the trace plus the reference LR)."""
+    import torch
+
+    torch.set_num_threads(1)
+    task = _family(cell.family, cell.family_seed).make(cell.split, cell.index)
+    task.reset(problem_rng(cell.family_seed, cell.split, cell.index, cell.seed))
+    lr_ref = float(task.default_lr())
+    base = None if cell.multiple is None else cell.multiple * lr_ref
+    trace = run_schedule(
+        task,
+        _scheduler(cell, lr_ref),
+        budget=cell.budget,
+        interval=cell.interval,
+        seed=problem_rng(cell.family_seed, cell.split, cell.index, cell.seed),
+        base_lr=base,
+        clip=cell.clip,  # type: ignore[arg-type]
+        kappa=cell.kappa,
+        record_eval=True,
+    )
+    return {"cell": cell.key(), "lr_ref": lr_ref, "trace": trace.to_dict()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load_cell(cell: Cell, root: Path) -> dict[str, Any] | None:
+    path = cell.path(root)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # a torn file from a crash outside the atomic write: rerun it
+    if data.get("cell") != json.loads(json.dumps(cell.key())):
+        raise ConfigError(
+            f"{path} holds a run with other settings; use another output directory"
+        )
+    return data
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    root: Path,
+    *,
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the cells not yet cached under ``root`` (in ``jobs`` processes); return all."""
+    results: list[dict[str, Any] | None] = [_load_cell(c, root) for c in cells]
+    todo = [i for i, r in enumerate(results) if r is None]
+    done = len(cells) - len(todo)
+    if progress:
+        progress(done, len(cells))
+
+    def store(i: int, res: dict[str, Any]) -> None:
+        nonlocal done
+        _write_atomic(cells[i].path(root), json.dumps(res))
+        results[i] = res
+        done += 1
+        if progress:
+            progress(done, len(cells))
+
+    if jobs <= 1 or len(todo) <= 1:
+        for i in todo:
+            store(i, run_cell(cells[i]))
+    else:
+        import multiprocessing as mp
+
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker
+        ) as pool:
+            chunk = max(1, len(todo) // (8 * jobs))
+            for i, res in zip(
+                todo, pool.map(run_cell, [cells[i] for i in todo], chunksize=chunk), strict=True
+            ):
+                store(i, res)
+    return [r for r in results if r is not None]
+
+
+def _final(res: dict[str, Any]) -> float:
+    t = res["trace"]
+    return math.inf if t["diverged"] or t["final_loss"] is None else float(t["final_loss"])
+
+
+def _run_args(spec: CompareSpec) -> tuple[int, int, str, float]:
+    return (spec.budget, spec.interval, spec.clip, spec.kappa)
+
+
+def tune(
+    spec: CompareSpec,
+    labels: Iterable[str],
+    root: Path,
+    *,
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Grid-search the LR multiple of each tuned label on ``train``; per family and label."""
+    labels = [lb for lb in labels if lb in TUNED]
+    cells = [
+        Cell(fam, spec.family_seed, "train", i, 0, lb, TUNED[lb], {}, m, *_run_args(spec))
+        for fam in spec.families
+        for lb in labels
+        for m in spec.grid
+        for i in range(spec.tune_instances)
+    ]
+    results = run_cells(cells, root, jobs=jobs, progress=progress)
+    out: dict[str, dict[str, Any]] = {}
+    for fam in spec.families:
+        for lb in labels:
+            medians = []
+            for m in spec.grid:
+                finals = [
+                    _final(r)
+                    for r in results
+                    if r["cell"]["family"] == fam
+                    and r["cell"]["label"] == lb
+                    and r["cell"]["multiple"] == m
+                ]
+                medians.append(float(np.median(finals)))
+            best = int(np.argmin(medians))
+            if best in (0, len(spec.grid) - 1):
+                import warnings
+
+                warnings.warn(
+                    f"tuned {lb} LR on {fam} sits at the edge of the grid "
+                    f"({spec.grid[best]:g} x reference LR): widen the grid",
+                    stacklevel=2,
+                )
+            out[f"{fam}/{lb}"] = {
+                "family": fam,
+                "label": lb,
+                "multiple": spec.grid[best],
+                "median_final": medians[best],
+                "grid": list(spec.grid),
+                "medians": [m if math.isfinite(m) else None for m in medians],
+            }
+    return out
+
+
+def compare(
+    spec: CompareSpec,
+    schedulers: Sequence[SchedulerSpec],
+    out: str | os.PathLike[str],
+    *,
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> Path:
+    """Run (or resume) a comparison into ``out``; write the tables; return ``out``.
+
+    Writes ``compare.json`` (settings), ``tuning.json``, ``runs.csv`` (tidy: one row per
+    scheduler, problem and decision), ``results.csv`` (one row per run with its metrics)
+    and, via :mod:`metasched.distill.report`, ``summary.csv`` and ``report.md``.
+    """
+    if not schedulers:
+        raise ConfigError("compare needs at least one scheduler")
+    labels = [s.label for s in schedulers]
+    dupes = sorted({lb for lb in labels if labels.count(lb) > 1})
+    if dupes:
+        raise ConfigError(f"scheduler listed twice: {dupes[0]!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = root / "compare.json"
+    if settings.exists():
+        try:
+            old = json.loads(settings.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old.get("spec") != json.loads(json.dumps(spec.to_json())):
+            raise ConfigError(
+                f"{root} holds a comparison with other settings; use another --out"
+            )
+    known = {}
+    if settings.exists():
+        try:
+            known = json.loads(settings.read_text(encoding="utf-8")).get("schedulers", {})
+        except (OSError, json.JSONDecodeError):
+            known = {}
+    known.update({s.label: {"name": s.name, "kwargs": s.kwargs} for s in schedulers})
+    _write_atomic(settings, json.dumps({"spec": spec.to_json(), "schedulers": known}, indent=2))
+
+    bar = _progress_bar(progress)
+    log(f"tuning {', '.join(lb for lb in labels if lb in TUNED) or 'nothing'} on train ...")
+    tuning = tune(spec, labels, root, jobs=jobs, progress=bar("tuning"))
+    _write_atomic(root / "tuning.json", json.dumps(tuning, indent=2))
+    for entry in tuning.values():
+        log(
+            f"  {entry['family']}: {entry['label']} tuned at {entry['multiple']:.3g} x "
+            f"reference LR (median train final loss {entry['median_final']:.4g})"
+        )
+    cells = []
+    for fam in spec.families:
+        for i in range(spec.n_instances):
+            for seed in range(spec.seeds):
+                for s in schedulers:
+                    mult = tuning[f"{fam}/{s.label}"]["multiple"] if s.tuned else None
+                    cells.append(
+                        Cell(
+                            fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
+                            s.kwargs, mult, *_run_args(spec),
+                        )
+                    )
+    log(
+        f"running {len(cells)} runs: {len(spec.families)} famil(ies) x {spec.n_instances} "
+        f"{spec.split} instances x {spec.seeds} seed(s) x {len(schedulers)} schedulers ..."
+    )
+    results = run_cells(cells, root, jobs=jobs, progress=bar("compare"))
+    write_tables(results, root, spec)
+    from metasched.distill.report import write_report
+
+    write_report(root, log=log)
+    return root
+
+
+def _progress_bar(enabled: bool) -> Callable[[str], Callable[[int, int], None] | None]:
+    def make(desc: str) -> Callable[[int, int], None] | None:
+        if not enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=desc, unit="run", leave=False)
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+            if done >= total:
+                bar.close()
+
+        return update
+
+    return make
+
+
+RESULT_COLUMNS = (
+    "family", "split", "task", "instance", "seed", "scheduler", "tuned_multiple", "lr_ref",
+    "final_loss", "best_loss", "auc_log_loss", "steps_to_target", "equal_compute_loss",
+    "compute", "wall_time", "diverged", "extra_steps", "clip_count",
+)  # fmt: skip
+
+
+def write_tables(results: Sequence[dict[str, Any]], root: Path, spec: CompareSpec) -> None:
+    """Write ``runs.csv`` (tidy, per decision) and ``results.csv`` (per run, with metrics).
+
+    The steps-to-target target of a problem is the tuned constant's final loss on it
+    (when ``constant`` is in the comparison, else the tuned cosine's, else none).
+    """
+    from metasched.distill.stats import run_metrics
+
+    def nan(x: Any) -> float:
+        return math.nan if x is None else float(x)
+
+    def curve(res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cols = res["trace"]["columns"]
+        return (
+            np.array([nan(x) for x in cols["step"]]),
+            np.array([nan(x) for x in cols["val_loss"]]),
+            np.array([nan(x) for x in cols["inner_steps"]]),
+        )
+
+    def problem(res: dict[str, Any]) -> tuple[Any, ...]:
+        c = res["cell"]
+        return (c["family"], c["split"], c["index"], c["seed"])
+
+    targets: dict[tuple[Any, ...], float] = {}
+    for ref in ("cosine", "constant"):  # constant wins when both are present
+        for r in results:
+            if r["cell"]["label"] == ref:
+                targets[problem(r)] = _final(r)
+    rows = []
+    with open(root / ".runs.csv.tmp", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(("family", "task", "instance", "seed", "scheduler", *TRACE_COLUMNS))
+        for r in results:
+            c, t = r["cell"], r["trace"]
+            cols = t["columns"]
+            for k in range(len(cols["step"])):
+                values = ("" if cols[n][k] is None else cols[n][k] for n in TRACE_COLUMNS)
+                w.writerow((c["family"], t["task"], c["index"], c["seed"], c["label"], *values))
+            steps, val, comp = curve(r)
+            m = run_metrics(
+                steps,
+                val,
+                comp,
+                budget=t["budget"],
+                final_loss=_final(r),
+                diverged=t["diverged"],
+                wall_time=nan(cols["wall_time"][-1]),
+                target=targets.get(problem(r), math.nan),
+            )
+            rows.append(
+                {
+                    "family": c["family"],
+                    "split": c["split"],
+                    "task": t["task"],
+                    "instance": c["index"],
+                    "seed": c["seed"],
+                    "scheduler": c["label"],
+                    "tuned_multiple": "" if c["multiple"] is None else c["multiple"],
+                    "lr_ref": r["lr_ref"],
+                    **m.to_dict(),
+                    "extra_steps": t["extra_steps"],
+                    "clip_count": t["clip_count"],
+                }
+            )
+    os.replace(root / ".runs.csv.tmp", root / "runs.csv")
+    with open(root / ".results.csv.tmp", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(root / ".results.csv.tmp", root / "results.csv")
+
+
+def read_results(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read ``results.csv`` back (numbers as floats, ``diverged`` as bool)."""
+    path = Path(root) / "results.csv"
+    if not path.exists():
+        raise ConfigError(f"no comparison results in {os.fspath(root)!r} (results.csv missing)")
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rec: dict[str, Any] = dict(row)
+            for k in RESULT_COLUMNS:
+                if k in ("family", "split", "task", "scheduler"):
+                    continue
+                if k == "diverged":
+                    rec[k] = row[k] == "True"
+                else:
+                    rec[k] = float(row[k]) if row[k] != "" else math.nan
+            out.append(rec)
+    return out
