@@ -6,6 +6,7 @@ from typing import Any
 
 from metasched.errors import UnknownNameError, did_you_mean
 from metasched.inner_tasks.base import SPLITS, InnerTask, StepStats, TaskFamily, check_split
+from metasched.inner_tasks.charlm import CharLMConfig, CharLMFamily, CharLMTask
 from metasched.inner_tasks.fashion import FashionConfig, FashionFamily, FashionTask
 from metasched.inner_tasks.mlp import MLPConfig, MLPFamily, MLPTask
 from metasched.inner_tasks.mnist1d import MNIST1DConfig, MNIST1DFamily, MNIST1DTask
@@ -14,6 +15,9 @@ from metasched.inner_tasks.nmf import NMFConfig, NMFFamily, NMFTask, planted_mat
 __all__ = [
     "SPLITS",
     "TASK_FAMILIES",
+    "CharLMConfig",
+    "CharLMFamily",
+    "CharLMTask",
     "FashionConfig",
     "FashionFamily",
     "FashionTask",
@@ -40,6 +44,7 @@ TASK_FAMILIES: dict[str, type[TaskFamily]] = {
     "mlp": MLPFamily,
     "mnist1d": MNIST1DFamily,
     "fashion": FashionFamily,
+    "charlm": CharLMFamily,
 }
 
 
