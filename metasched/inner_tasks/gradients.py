@@ -23,13 +23,16 @@ Design rules (what an implementation must guarantee):
   ``torch.from_numpy``) — so schedulers need no framework code.
 * **Step sizes** per block are a float (one rate for the block) or an array of the block's
   shape (one rate per entry); :meth:`GradientTask.apply_update` takes one per block.
-* **The update is the task's plain projected SGD step**: ``p <- P(p - s * g)`` where ``P`` is
-  the task's projection (``max(0, .)`` for NMF, the identity for unconstrained models) and
-  any per-entry update cap the task applies in ``train``. The task's own momentum is *not*
-  applied (HD and SLS are defined on plain SGD); weight decay, if the task has it, is part of
-  the gradient ``minibatch_gradients`` returns.
-* **Gradients are the ones training uses**: stochastic (the minibatch), including the task's
-  additive gradient noise, if any.
+* **Gradients are of the minibatch loss**: ``minibatch_gradients(batch)`` returns the
+  gradient of ``minibatch_loss(batch)`` with respect to every block (plus weight decay and the
+  task's additive gradient noise, if it has them) — so ``⟨g, Δθ⟩`` is the first-order change
+  of that loss, which line search and hypergradients rely on.
+* **The update is the task's plain projected SGD step**: ``p <- P(p - s * M g)`` where ``P``
+  is the task's projection (``max(0, .)`` for NMF, the identity for unconstrained models),
+  ``M`` a fixed diagonal preconditioner the task's ``train`` uses (the identity for most
+  tasks; NMF steps its row-local ``W`` rows ``b`` times further, see :mod:`~.nmf`), and any
+  per-entry update cap the task applies in ``train``. The task's own momentum is *not*
+  applied (HD and SLS are defined on plain SGD).
 * **Determinism**: ``sample_minibatch`` draws from the same data stream as ``train`` and
   ``minibatch_gradients`` from the same gradient-noise stream (both are part of
   ``snapshot()``); ``minibatch_loss``, ``get_parameters``, ``set_parameters`` and
@@ -75,7 +78,7 @@ class UpdateResult:
         delta: per block, the change ``p_new - p_old`` actually applied (after projection
             and capping).
         sensitivity: per block, the derivative of ``p_new`` with respect to the step size of
-            each entry: ``-g`` where neither the projection nor the cap is active, ``0``
+            each entry: ``-M g`` where neither the projection nor the cap is active, ``0``
             where one of them clamps the entry. Hypergradient descent differentiates the
             next loss through it (for unconstrained tasks it is simply ``-g``).
         capped: number of entries the task's per-entry update cap limited.
@@ -122,15 +125,23 @@ class GradientTask(abc.ABC):
     def minibatch_gradients(self, batch: Any) -> tuple[float, list[np.ndarray]]:
         """Return the loss of ``batch`` and the stochastic gradient of every block.
 
-        The gradient is what training uses: of the minibatch loss (plus weight decay, if the
-        task has it), with the task's gradient noise, drawn from its noise stream.
+        The gradient is of :meth:`minibatch_loss` (plus weight decay, if the task has it),
+        with the task's gradient noise, drawn from its noise stream — the noise training
+        would add.
         """
 
     @abc.abstractmethod
     def apply_update(
         self, grads: Sequence[np.ndarray], step_sizes: Sequence[StepSize]
     ) -> UpdateResult:
-        """Apply ``p <- P(p - s * g)`` to every block (``s`` a float or per-entry array)."""
+        """Apply ``p <- P(p - s * M g)`` to every block (``s`` a float or per-entry array)."""
+
+    def batches_per_epoch(self) -> float | None:
+        """Return training-set size over minibatch size (``None`` if the task has no epochs).
+
+        Line search's step-size reset multiplies the step by ``growth ** (1 / this)``.
+        """
+        return None
 
     @abc.abstractmethod
     def is_diverged(self, loss: float | None = None) -> bool:

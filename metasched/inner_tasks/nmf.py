@@ -330,10 +330,13 @@ class NMFTask(InnerTask, GradientTask):
             return 0.5 * float(np.vdot(res, res)) * (1.0 / (self.batch_size * self.n))
 
     def minibatch_gradients(self, batch: np.ndarray) -> tuple[float, list[np.ndarray]]:
-        """Loss of ``batch`` and the dense gradients ``[G_W, G_H]`` that ``train`` uses.
+        """Loss of ``batch`` and its gradients ``[∇_W, ∇_H]`` (noisy as in ``train``).
 
-        ``G_W`` is zero outside the sampled rows (a row drawn twice gets the gradient of its
-        last draw, as in ``train``); the gradient noise is drawn as by ``train(1, lr)``.
+        ``∇_W`` is dense and zero outside the sampled rows (a row drawn twice gets the
+        gradient of its last draw, as in ``train``); the gradient noise is drawn as by
+        ``train(1, lr)``. ``train`` steps the row-local W rows along ``G_W = b ∇_W`` (the
+        gradient of the row loss ``l_i``), so :meth:`apply_update` preconditions the W block
+        by ``b`` (exact in floating point for power-of-two ``b``).
         """
         b, n, r = self.batch_size, self.n, self.rank
         W, H = self.W, self.H
@@ -351,11 +354,14 @@ class NMFTask(InnerTask, GradientTask):
                 gw += noise[: b * r].reshape(b, r) * (sw * math.sqrt(float(np.vdot(H, H))))
                 gh += noise[b * r :].reshape(r, n) * (sh * math.sqrt(float(np.vdot(wb, wb))))
         g_w = np.zeros_like(W)
-        g_w[batch] = gw
+        g_w[batch] = gw * (1.0 / b)
         return loss, [g_w, gh]
 
     def apply_update(self, grads: Any, step_sizes: Any) -> UpdateResult:
-        """Projected step ``p <- max(0, p - s * g)`` per block, with the optional update cap."""
+        """Projected step ``p <- max(0, p - s * M g)`` per block (``M``: ``b`` on W, 1 on H).
+
+        The optional update cap limits each entry's change, as in ``train``.
+        """
         if len(grads) != 2 or len(step_sizes) != 2:
             raise ValueError(
                 f"NMF has 2 parameter blocks (W, H); got {len(grads)} gradients and "
@@ -365,9 +371,11 @@ class NMFTask(InnerTask, GradientTask):
         deltas, sens = [], []
         capped = 0
         with np.errstate(over="ignore", invalid="ignore"):
+            precond = (float(self.batch_size), 1.0)
             for i, (p, g, s) in enumerate(zip((self.W, self.H), grads, step_sizes, strict=True)):
                 step: StepSize = s if np.ndim(s) == 0 else np.asarray(s)
-                d = g * -step
+                direction = g * precond[i] if precond[i] != 1.0 else g
+                d = direction * -step
                 free = np.ones(p.shape, dtype=bool)
                 if cap is not None:
                     over = np.abs(d) > cap
@@ -377,12 +385,16 @@ class NMFTask(InnerTask, GradientTask):
                 new = np.maximum(p + d, 0.0)
                 free &= (p + d) > 0.0
                 deltas.append(new - p)
-                sens.append(np.where(free, -g, 0.0))
+                sens.append(np.where(free, -direction, 0.0))
                 if i == 0:
                     self.W = new
                 else:
                     self.H = new
         return UpdateResult(delta=deltas, sensitivity=sens, capped=capped)
+
+    def batches_per_epoch(self) -> float:
+        """Return ``m / batch_size`` (rows of V over rows per minibatch)."""
+        return self.m / self.batch_size
 
     def is_diverged(self, loss: float | None = None) -> bool:
         """``train``'s rule: a loss above the limit (or NaN); W or H collapsed or non-finite."""

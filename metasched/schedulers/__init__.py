@@ -5,8 +5,8 @@ Every scheduler is built by name from the registry, driven by
 
     >>> from metasched.schedulers import SCHEDULERS, make_scheduler
     >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
-    ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'learned', 'linear', 'onecycle',
-     'probe', 'sgdr', 'step']
+    ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'hypergradient', 'learned',
+     'linear', 'onecycle', 'probe', 'sgdr', 'sls', 'step']
     >>> make_scheduler("sgdr", t_mult=1)
     SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
 
@@ -32,9 +32,11 @@ from metasched.schedulers.classic import (
     StepSchedule,
 )
 from metasched.schedulers.greedy import GreedyLR
+from metasched.schedulers.hypergradient import HypergradientScheduler
 from metasched.schedulers.learned import LearnedScheduler
 from metasched.schedulers.probe import ProbeScheduler
 from metasched.schedulers.runner import TRACE_COLUMNS, Run, Trace, run_schedule
+from metasched.schedulers.sls import StochasticLineSearch
 from metasched.schedulers.torch_adapter import TorchLRScheduler
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "CyclicSchedule",
     "ExponentialSchedule",
     "GreedyLR",
+    "HypergradientScheduler",
     "LearnedScheduler",
     "LinearSchedule",
     "OneCycleSchedule",
@@ -53,6 +56,7 @@ __all__ = [
     "SGDRSchedule",
     "Scheduler",
     "StepSchedule",
+    "StochasticLineSearch",
     "TorchLRScheduler",
     "Trace",
     "make_scheduler",

@@ -33,6 +33,11 @@ EXTRA_CONFIGS = {
         },
     ],
     "probe": [{"every": 2, "k": 1, "continue_from": "winner"}, {"p": 1.0, "k": 3}],
+    "hypergradient": [
+        {"granularity": "group", "beta": 1.0},
+        {"granularity": "param", "beta": 100.0, "max_ratio": 3.0},
+    ],
+    "sls": [{"reset": 2, "max_lr": 0.5}, {"reset": 0, "max_backtracks": 5}],
 }
 
 # Entries that cannot be built from options alone: "learned" needs an exported policy file
