@@ -6,7 +6,7 @@ Every scheduler is built by name from the registry, driven by
     >>> from metasched.schedulers import SCHEDULERS, make_scheduler
     >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
     ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'hypergradient', 'learned',
-     'linear', 'onecycle', 'probe', 'sgdr', 'sls', 'step']
+     'linear', 'onecycle', 'pbt', 'probe', 'sgdr', 'sls', 'step']
     >>> make_scheduler("sgdr", t_mult=1)
     SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
 
@@ -34,6 +34,7 @@ from metasched.schedulers.classic import (
 from metasched.schedulers.greedy import GreedyLR
 from metasched.schedulers.hypergradient import HypergradientScheduler
 from metasched.schedulers.learned import LearnedScheduler
+from metasched.schedulers.pbt import PBTScheduler
 from metasched.schedulers.probe import ProbeScheduler
 from metasched.schedulers.runner import TRACE_COLUMNS, Run, Trace, run_schedule
 from metasched.schedulers.sls import StochasticLineSearch
@@ -51,6 +52,7 @@ __all__ = [
     "LearnedScheduler",
     "LinearSchedule",
     "OneCycleSchedule",
+    "PBTScheduler",
     "ProbeScheduler",
     "Run",
     "SGDRSchedule",

@@ -38,6 +38,10 @@ EXTRA_CONFIGS = {
         {"granularity": "param", "beta": 100.0, "max_ratio": 3.0},
     ],
     "sls": [{"reset": 2, "max_lr": 0.5}, {"reset": 0, "max_backtracks": 5}],
+    "pbt": [
+        {"population": 3, "ready": 1, "exploit": "ttest"},
+        {"population": 4, "ready": 2, "exploit": "tournament", "resample_p": 1.0},
+    ],
 }
 
 # Entries that cannot be built from options alone: "learned" needs an exported policy file
