@@ -6,15 +6,48 @@ from gymnasium.envs.registration import register, registry
 
 __all__ = ["ENV_IDS", "register_envs"]
 
-ENV_IDS: tuple[str, ...] = ("metasched/NMF-v0",)
+_ENTRY = "metasched.envs.lr_control:LRControlEnv"
+#: LR range of the neural-network envs, as multiples of the family's reference LR.
+_NN_LR_RANGE = (0.01, 20.0)
 
 _SPECS = [
     {
         "id": "metasched/NMF-v0",
-        "entry_point": "metasched.envs.lr_control:LRControlEnv",
+        "entry_point": _ENTRY,
         "kwargs": {"family": "nmf"},
     },
+    # neural-network families: budget and decision interval chosen so that a tuned cosine
+    # beats the best tuned constant LR (benchmarks/scheduling_matters_nn.py)
+    {
+        "id": "metasched/MLP-v0",
+        "entry_point": _ENTRY,
+        "kwargs": {"family": "mlp", "budget": 400, "steps_per_action": 20},
+    },
+    {
+        "id": "metasched/MNIST1D-v0",
+        "entry_point": _ENTRY,
+        "kwargs": {"family": "mnist1d", "budget": 1000, "steps_per_action": 50},
+    },
+    {
+        "id": "metasched/CNN-v0",  # Fashion-MNIST (an evaluation env: ~100 inner steps/s)
+        "entry_point": _ENTRY,
+        "kwargs": {"family": "fashion", "budget": 400, "steps_per_action": 40},
+    },
+    {
+        "id": "metasched/CharLM-v0",  # an evaluation env: tens of inner steps/s
+        "entry_point": _ENTRY,
+        "kwargs": {"family": "charlm", "budget": 300, "steps_per_action": 30},
+    },
+    {
+        "id": "metasched/Mixed-v0",  # episodes drawn from nmf, mlp and mnist1d
+        "entry_point": _ENTRY,
+        "kwargs": {"family": "mixed", "budget": 1000, "steps_per_action": 50},
+    },
 ]
+for _spec in _SPECS[1:]:
+    _spec["kwargs"].setdefault("lr_range", _NN_LR_RANGE)
+
+ENV_IDS: tuple[str, ...] = tuple(spec["id"] for spec in _SPECS)
 
 
 def register_envs() -> None:

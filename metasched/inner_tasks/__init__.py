@@ -8,6 +8,7 @@ from metasched.errors import UnknownNameError, did_you_mean
 from metasched.inner_tasks.base import SPLITS, InnerTask, StepStats, TaskFamily, check_split
 from metasched.inner_tasks.charlm import CharLMConfig, CharLMFamily, CharLMTask
 from metasched.inner_tasks.fashion import FashionConfig, FashionFamily, FashionTask
+from metasched.inner_tasks.mixed import MixedConfig, MixedFamily
 from metasched.inner_tasks.mlp import MLPConfig, MLPFamily, MLPTask
 from metasched.inner_tasks.mnist1d import MNIST1DConfig, MNIST1DFamily, MNIST1DTask
 from metasched.inner_tasks.nmf import NMFConfig, NMFFamily, NMFTask, planted_matrix
@@ -28,6 +29,8 @@ __all__ = [
     "MNIST1DConfig",
     "MNIST1DFamily",
     "MNIST1DTask",
+    "MixedConfig",
+    "MixedFamily",
     "NMFConfig",
     "NMFFamily",
     "NMFTask",
@@ -45,6 +48,7 @@ TASK_FAMILIES: dict[str, type[TaskFamily]] = {
     "mnist1d": MNIST1DFamily,
     "fashion": FashionFamily,
     "charlm": CharLMFamily,
+    "mixed": MixedFamily,
 }
 
 

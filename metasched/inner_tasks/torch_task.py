@@ -182,6 +182,7 @@ class TorchTask(InnerTask):
         self.num_threads = check_positive_int("num_threads", num_threads)
         self.data_gen = torch.Generator().manual_seed(0)
         self._ref_loss = 1.0
+        self._eval_cache: float | None = None  # evaluate() at unchanged parameters
 
     def _setup(self) -> None:
         """Collect the trainable parameters of :attr:`model` and their momentum buffers."""
@@ -224,6 +225,7 @@ class TorchTask(InnerTask):
             for (name, p), buf in zip(self._named, self.buffers, strict=True):
                 self.init_parameter(name, p, init_gen)
                 buf.zero_()
+        self._eval_cache = None
         loss = self.evaluate()
         self._ref_loss = loss if math.isfinite(loss) and loss > 0 else 1.0
 
@@ -242,6 +244,8 @@ class TorchTask(InnerTask):
         g2 = torch.zeros(())
         u2 = torch.zeros(())
         done, diverged = 0, False
+        if n_steps:
+            self._eval_cache = None
         with _threads(self.num_threads):
             draws = self.draw_batches(n_steps) if n_steps else None
             for t in range(n_steps):
@@ -295,6 +299,7 @@ class TorchTask(InnerTask):
         self.data_gen = torch.Generator()
         self.data_gen.set_state(snap["data_gen"])
         self._ref_loss = snap["ref_loss"]
+        self._eval_cache = None
 
     def default_lr(self) -> float:
         """Return the family's reference learning rate (see ``reference_lr``)."""
@@ -306,9 +311,15 @@ class TorchTask(InnerTask):
         return True
 
     def evaluate(self) -> float:
-        """Return the held-out loss (non-finite when the parameters are)."""
-        with _threads(self.num_threads), torch.no_grad():
-            return float(self.validation_loss())
+        """Return the held-out loss (non-finite when the parameters are).
+
+        The value is cached until the parameters change (``train``, ``restore``, ``reset``,
+        or the gradient interface), so the driver's and the env's repeated calls are free.
+        """
+        if self._eval_cache is None:
+            with _threads(self.num_threads), torch.no_grad():
+                self._eval_cache = float(self.validation_loss())
+        return self._eval_cache
 
     @abc.abstractmethod
     def validation_loss(self) -> float:

@@ -14,6 +14,19 @@ from metasched.envs import ACTION_MODES, ENV_IDS
 
 SMALL = {"budget": 200, "steps_per_action": 20}
 INFO_KEYS = {"lr", "applied_lr", "train_loss", "val_loss", "diverged", "clipped", "inner_steps"}
+# the evaluation envs train slow models: the checkers see short episodes of small instances
+CHECK_KW = {
+    "metasched/CNN-v0": {
+        "budget": 20,
+        "steps_per_action": 5,
+        "family_kwargs": {"channels": [2], "train_sizes": [500], "val_size": 100},
+    },
+    "metasched/CharLM-v0": {
+        "budget": 20,
+        "steps_per_action": 5,
+        "family_kwargs": {"contexts": [16], "batch_sizes": [4]},
+    },
+}
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -21,8 +34,9 @@ INFO_KEYS = {"lr", "applied_lr", "train_loss", "val_loss", "diverged", "clipped"
 def test_env_passes_gymnasium_and_sb3_checkers(env_id, action):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any checker warning is a failure
-        gym_check_env(gym.make(env_id, action=action, **SMALL).unwrapped, skip_render_check=True)
-        sb3_check_env(gym.make(env_id, action=action, **SMALL).unwrapped, warn=True)
+        kw = CHECK_KW.get(env_id, SMALL)
+        gym_check_env(gym.make(env_id, action=action, **kw).unwrapped, skip_render_check=True)
+        sb3_check_env(gym.make(env_id, action=action, **kw).unwrapped, warn=True)
 
 
 def rollout(env, seed, actions):
