@@ -5,8 +5,8 @@ Every scheduler is built by name from the registry, driven by
 
     >>> from metasched.schedulers import SCHEDULERS, make_scheduler
     >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
-    ['constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'hypergradient', 'learned',
-     'linear', 'onecycle', 'pbt', 'probe', 'sgdr', 'sls', 'step']
+    ['autolrs', 'constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'hypergradient',
+     'learned', 'linear', 'onecycle', 'pbt', 'probe', 'sgdr', 'sls', 'step']
     >>> make_scheduler("sgdr", t_mult=1)
     SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
 
@@ -14,6 +14,7 @@ Every scheduler is built by name from the registry, driven by
 and :class:`TorchLRScheduler` puts any observing scheduler into a plain PyTorch loop.
 """
 
+from metasched.schedulers.autolrs import AutoLRSScheduler
 from metasched.schedulers.base import (
     SCHEDULERS,
     Scheduler,
@@ -43,6 +44,7 @@ from metasched.schedulers.torch_adapter import TorchLRScheduler
 __all__ = [
     "SCHEDULERS",
     "TRACE_COLUMNS",
+    "AutoLRSScheduler",
     "ConstantSchedule",
     "CosineSchedule",
     "CyclicSchedule",

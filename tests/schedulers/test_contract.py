@@ -38,6 +38,7 @@ EXTRA_CONFIGS = {
         {"granularity": "param", "beta": 100.0, "max_ratio": 3.0},
     ],
     "sls": [{"reset": 2, "max_lr": 0.5}, {"reset": 0, "max_backtracks": 5}],
+    "autolrs": [{"k": 3, "tau": 50, "tau_max": 100, "lr_range": [0.1, 4.0]}],
     "pbt": [
         {"population": 3, "ready": 1, "exploit": "ttest"},
         {"population": 4, "ready": 2, "exploit": "tournament", "resample_p": 1.0},
