@@ -248,6 +248,10 @@ class CharLMTask(TorchTask):
         else:
             super().init_parameter(name, param, gen)
 
+    def batches_per_epoch(self) -> float:
+        """Return training characters over characters per minibatch."""
+        return len(self.train_tokens) / (self.config.batch_size * self.config.context)
+
     def draw_batches(self, n_steps: int) -> torch.Tensor:
         """Return window start positions of ``n_steps`` minibatches, uniform in the text."""
         high = len(self.train_tokens) - self.config.context - 1

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metasched.inner_tasks.base import InnerTask, StepStats
+from metasched.inner_tasks.gradients import GradientTask, HyperparameterTask, UpdateResult
 
 __all__ = [
     "ArrayClassificationTask",
@@ -133,8 +134,15 @@ def _threads(n: int) -> Iterator[None]:
             torch.set_num_threads(prev)
 
 
-class TorchTask(InnerTask):
+class TorchTask(InnerTask, GradientTask, HyperparameterTask):
     """An :class:`InnerTask` that trains a torch ``nn.Module`` with minibatch SGD.
+
+    It also implements the optional capabilities of :mod:`metasched.inner_tasks.gradients`:
+    per-step gradient access (:class:`GradientTask`: one block per parameter tensor, the
+    identity projection, plain SGD without the task's momentum, weight decay included in the
+    gradient; one step through it at a scalar step size equals ``train(1, lr)`` without
+    momentum bit for bit) and tunable ``momentum`` / ``weight_decay``
+    (:class:`HyperparameterTask`).
 
     Subclasses build the model in their constructor (through :func:`build_module`), assign it
     to :attr:`model`, then call :meth:`_setup`; they implement :meth:`draw_batches` (the
@@ -325,6 +333,96 @@ class TorchTask(InnerTask):
     def validation_loss(self) -> float:
         """Compute the held-out loss (called without gradients, with the thread setting)."""
 
+    # -- GradientTask ------------------------------------------------------------------------
+    def parameter_blocks(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Return ``(name, shape)`` of every trainable tensor, in model order."""
+        return [(n, tuple(p.shape)) for n, p in self._named]
+
+    def get_parameters(self) -> list[np.ndarray]:
+        """Return float32 copies of every trainable tensor."""
+        return [p.detach().numpy().copy() for p in self.params]
+
+    def set_parameters(self, params: Any) -> None:
+        """Overwrite every trainable tensor (shapes as in :meth:`parameter_blocks`)."""
+        if len(params) != len(self.params):
+            raise ValueError(
+                f"{self.name} has {len(self.params)} parameter blocks, got {len(params)}"
+            )
+        for (name, shape), p in zip(self.parameter_blocks(), params, strict=True):
+            if tuple(np.shape(p)) != shape:
+                raise ValueError(f"block {name} must have shape {shape}, got {np.shape(p)}")
+        with torch.no_grad():
+            for dst, src in zip(self.params, params, strict=True):
+                dst.copy_(torch.as_tensor(np.asarray(src, dtype=np.float32)))
+        self._eval_cache = None
+
+    def sample_minibatch(self) -> Any:
+        """Draw the next minibatch (the same draw as one step of :meth:`train`)."""
+        with _threads(self.num_threads):
+            return self.draw_batches(1)
+
+    def minibatch_loss(self, batch: Any) -> float:
+        """Return the training loss of ``batch`` at the current parameters."""
+        with _threads(self.num_threads), torch.no_grad():
+            return float(self.batch_loss(batch, 0))
+
+    def minibatch_gradients(self, batch: Any) -> tuple[float, list[np.ndarray]]:
+        """Return the loss of ``batch`` and its gradient per block (plus weight decay)."""
+        with _threads(self.num_threads):
+            loss = self.batch_loss(batch, 0)
+            grads = torch.autograd.grad(loss, self.params)
+            if self.weight_decay:
+                with torch.no_grad():
+                    torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
+        return loss.item(), [g.numpy() for g in grads]
+
+    def apply_update(self, grads: Any, step_sizes: Any) -> UpdateResult:
+        """Apply ``p <- p - s * g`` per block (no projection, no cap, no momentum)."""
+        n = len(self.params)
+        if len(grads) != n or len(step_sizes) != n:
+            raise ValueError(
+                f"{self.name} has {n} parameter blocks; got {len(grads)} gradients and "
+                f"{len(step_sizes)} step sizes"
+            )
+        deltas, sens = [], []
+        with torch.no_grad():
+            for p, g, s in zip(self.params, grads, step_sizes, strict=True):
+                gt = torch.as_tensor(np.asarray(g, dtype=np.float32))
+                if gt.shape != p.shape:
+                    raise ValueError(f"gradient of shape {tuple(gt.shape)} for {tuple(p.shape)}")
+                before = p.detach().clone()
+                if np.ndim(s) == 0:
+                    p.add_(gt, alpha=-float(s))
+                else:
+                    p.sub_(torch.as_tensor(np.asarray(s, dtype=np.float32)) * gt)
+                deltas.append((p - before).numpy())
+                sens.append((-gt).numpy())
+        self._eval_cache = None
+        return UpdateResult(delta=deltas, sensitivity=sens)
+
+    def is_diverged(self, loss: float | None = None) -> bool:
+        """``train``'s rule: a loss above the limit (or NaN); non-finite parameters."""
+        if loss is not None:
+            return not loss <= self.divergence_factor * self._ref_loss
+        return not all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    # -- HyperparameterTask ------------------------------------------------------------------
+    def hyperparameters(self) -> dict[str, float]:
+        """Return the EMA ``momentum`` and the L2 ``weight_decay``."""
+        return {"momentum": self.momentum, "weight_decay": self.weight_decay}
+
+    def set_hyperparameters(self, **values: float) -> None:
+        """Set ``momentum`` (in ``[0, 1)``) and/or ``weight_decay`` (>= 0)."""
+        unknown = set(values) - {"momentum", "weight_decay"}
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameters {sorted(unknown)}; {self.name} has momentum, weight_decay"
+            )
+        if "momentum" in values:
+            self.momentum = check_fraction("momentum", values["momentum"])
+        if "weight_decay" in values:
+            self.weight_decay = check_nonneg_float("weight_decay", values["weight_decay"])
+
 
 class ArrayClassificationTask(TorchTask):
     """A classifier trained on in-memory arrays with cross-entropy loss.
@@ -366,6 +464,10 @@ class ArrayClassificationTask(TorchTask):
                 )
         self.model = model
         self._setup()
+
+    def batches_per_epoch(self) -> float:
+        """Return training-set size over minibatch size."""
+        return len(self.x_train) / self.batch_size
 
     def draw_batches(self, n_steps: int) -> torch.Tensor:
         """Return the indices of ``n_steps`` minibatches, uniform with replacement."""
