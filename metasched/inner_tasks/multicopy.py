@@ -1,0 +1,245 @@
+"""Train several copies of a torch task together: forks for probe, PBT and AutoLRS.
+
+Search schedulers fork training: the probe heuristic trains three copies at L/2, L and 2L
+on the same minibatches, PBT trains a population, AutoLRS evaluates k trial LRs from one
+checkpoint. Each copy of a tiny model is overhead-bound, so instead of restoring and
+training the copies one after another, :func:`train_copies` stacks their parameters along a
+leading "copy" dimension and runs every step once for all of them with
+:func:`torch.func.vmap` over :func:`torch.func.grad_and_value` of the task's own minibatch
+loss (through :func:`torch.func.functional_call`). The optimizer is the task's: SGD with
+EMA momentum and weight decay, one learning rate per copy.
+
+The result equals ``restore(snap); train(n, lr); snapshot()`` per copy up to float rounding
+(vmap may sum in another order), with the same minibatches: ``shared_batches=True`` draws
+one stream for all copies from the first snapshot's generator (copies forked from one
+snapshot, as probe does), ``False`` gives each copy its own stream (PBT members). A copy that
+diverges stops updating; the others go on. ``benchmarks/bench_multicopy.py`` measures the
+speed-up over sequential training; ``method="sequential"`` is the reference implementation
+(and the fallback for models that vmap cannot batch).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from metasched.inner_tasks.base import StepStats
+from metasched.inner_tasks.torch_task import TorchTask, _threads
+
+__all__ = ["METHODS", "train_copies"]
+
+METHODS = ("auto", "vmap", "sequential")
+
+
+class _Loss(nn.Module):
+    """The task's minibatch loss as a module whose parameters ``functional_call`` can swap."""
+
+    def __init__(self, task: TorchTask) -> None:
+        super().__init__()
+        self.model = task.model
+        self._task = [task]  # a list: not registered as a submodule
+
+    def forward(self, draw: torch.Tensor) -> torch.Tensor:
+        return self._task[0].batch_loss(draw.unsqueeze(0), 0)
+
+
+def _check(task: Any, snaps: Sequence[Any], lrs: Sequence[float], n_steps: Any) -> None:
+    if not isinstance(task, TorchTask):
+        raise ValueError(f"task must be a TorchTask, got {type(task).__name__}")
+    if len(snaps) == 0 or len(snaps) != len(lrs):
+        raise ValueError(
+            f"snaps and lrs must be non-empty and of equal length, got {len(snaps)} and {len(lrs)}"
+        )
+    if not isinstance(n_steps, int | np.integer) or n_steps < 0:
+        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    for lr in lrs:
+        if not (isinstance(lr, int | float | np.number) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"every lr must be a finite non-negative number, got {lr!r}")
+
+
+def _sequential(
+    task: TorchTask,
+    snaps: Sequence[dict[str, Any]],
+    lrs: Sequence[float],
+    n_steps: int,
+    shared_batches: bool,
+) -> tuple[list[dict[str, Any]], list[StepStats]]:
+    own = task.snapshot()
+    out, stats = [], []
+    try:
+        for snap, lr in zip(snaps, lrs, strict=True):
+            task.restore(snap)
+            if shared_batches:
+                task.data_gen.set_state(snaps[0]["data_gen"])
+            stats.append(task.train(n_steps, float(lr)))
+            out.append(task.snapshot())
+    finally:
+        task.restore(own)
+    return out, stats
+
+
+def _draws(task: TorchTask, states: list[torch.Tensor], n_steps: int) -> list[Any]:
+    """Draw ``n_steps`` of minibatches from each generator state; return the new states."""
+    draws, new_states = [], []
+    gen = task.data_gen
+    try:
+        for state in states:
+            task.data_gen = torch.Generator()
+            task.data_gen.set_state(state)
+            draws.append(task.draw_batches(n_steps))
+            new_states.append(task.data_gen.get_state())
+    finally:
+        task.data_gen = gen
+    return [draws, new_states]
+
+
+def _vmapped(
+    task: TorchTask,
+    snaps: Sequence[dict[str, Any]],
+    lrs: Sequence[float],
+    n_steps: int,
+    shared_batches: bool,
+) -> tuple[list[dict[str, Any]], list[StepStats]]:
+    k = len(snaps)
+    names = [f"model.{n}" for n, _ in task._named]
+    loss_module = _Loss(task)
+
+    def loss_fn(params: tuple[torch.Tensor, ...], draw: torch.Tensor) -> torch.Tensor:
+        return functional_call(loss_module, dict(zip(names, params, strict=True)), (draw,))
+
+    states = [snaps[0]["data_gen"]] if shared_batches else [s["data_gen"] for s in snaps]
+    draws, new_states = _draws(task, states, n_steps)
+    if shared_batches:
+        step_draws = draws[0]
+        new_states = new_states * k
+        in_dims: tuple[int, int | None] = (0, None)
+    else:
+        step_draws = torch.stack(draws, dim=1)  # n_steps, k, ...
+        in_dims = (0, 0)
+    params = [torch.stack([s["params"][j] for s in snaps]) for j in range(len(task.params))]
+    bufs = [torch.stack([s["buffers"][j] for s in snaps]) for j in range(len(task.params))]
+    grad_fn = vmap(grad_and_value(loss_fn), in_dims=in_dims)
+    mu, wd = task.momentum, task.weight_decay
+    lr = torch.tensor([float(x) for x in lrs], dtype=params[0].dtype)
+    limits = [task.divergence_factor * s["ref_loss"] for s in snaps]
+    losses = np.zeros((k, n_steps))
+    done = np.zeros(k, dtype=int)
+    active = np.ones(k, dtype=bool)
+    g2 = torch.zeros(k, dtype=torch.float64)
+    u2 = torch.zeros(k, dtype=torch.float64)
+    for t in range(n_steps):
+        grads, loss = grad_fn(tuple(params), step_draws[t])
+        values = loss.tolist()
+        for i in np.flatnonzero(active):
+            losses[i, t] = values[i]
+            done[i] = t + 1
+            if not values[i] <= limits[i]:
+                active[i] = False
+        if not active.any():
+            break
+        mask = torch.from_numpy(active.astype(np.float32)).to(lr.dtype)
+        rate = lr * mask
+        with torch.no_grad():
+            grads = list(grads)
+            if wd:
+                torch._foreach_add_(grads, params, alpha=wd)
+            sq = sum(g.flatten(1).double().square().sum(1) for g in grads)
+            g2 += sq * mask.double()
+            if mu:
+                for b, g, m in zip(bufs, grads, (mask,) * len(bufs), strict=True):
+                    shape = (k,) + (1,) * (b.dim() - 1)
+                    b.lerp_(g, (1.0 - mu) * m.view(shape))  # frozen copies keep their buffer
+                step = bufs
+            else:
+                step = grads
+            u2 += sum(s.flatten(1).double().square().sum(1) for s in step) * rate.double() ** 2
+            for p, s in zip(params, step, strict=True):
+                p.sub_(rate.view((k,) + (1,) * (p.dim() - 1)) * s)
+    out, stats = [], []
+    for i in range(k):
+        diverged = bool(not active[i])
+        n_updates = max(int(done[i]) - int(diverged), 1)
+        g2m = float(g2[i]) / n_updates
+        if not math.isfinite(g2m):
+            diverged = True
+        ls = losses[i, : done[i]]
+        out.append(
+            {
+                "params": [p[i].clone() for p in params],
+                "buffers": [b[i].clone() for b in bufs],
+                "data_gen": new_states[i],
+                "ref_loss": snaps[i]["ref_loss"],
+            }
+        )
+        stats.append(
+            StepStats(
+                losses=ls,
+                grad_norm=math.sqrt(g2m) if math.isfinite(g2m) else math.inf,
+                update_norm=math.sqrt(max(float(u2[i]), 0.0) / n_updates),
+                diverged=diverged,
+                n_done=int(done[i]),
+                n_increasing=int(np.count_nonzero(np.diff(ls) > 0)),
+            )
+        )
+    return out, stats
+
+
+def train_copies(
+    task: TorchTask,
+    snaps: Sequence[dict[str, Any]],
+    lrs: Sequence[float],
+    n_steps: int,
+    *,
+    shared_batches: bool = True,
+    method: str = "auto",
+) -> tuple[list[dict[str, Any]], list[StepStats]]:
+    """Train copy ``i`` from ``snaps[i]`` for ``n_steps`` at ``lrs[i]``, all together.
+
+    Args:
+        task: the torch task whose model, data and optimizer settings the copies share; its
+            own state is left unchanged.
+        snaps: one :meth:`~TorchTask.snapshot` per copy.
+        lrs: one learning rate per copy.
+        n_steps: steps per copy.
+        shared_batches: every copy sees the minibatches of ``snaps[0]``'s data stream
+            (probe's "same batches"); otherwise each copy draws from its own.
+        method: ``"vmap"`` (stacked parameters, one batched step), ``"sequential"``
+            (restore / train / snapshot per copy) or ``"auto"`` (vmap, falling back to
+            sequential if the model cannot be batched).
+
+    Returns:
+        ``(snapshots, stats)``: each copy's state after training (restorable into ``task``)
+        and its :class:`~metasched.inner_tasks.base.StepStats`.
+
+    Example:
+        >>> import numpy as np
+        >>> from metasched.inner_tasks.mlp import MLPConfig, MLPTask
+        >>> task = MLPTask(MLPConfig(width=16, depth=1))
+        >>> task.reset(np.random.default_rng(0))
+        >>> snap = task.snapshot()
+        >>> snaps, stats = train_copies(task, [snap] * 3, [0.05, 0.1, 0.2], 20)
+        >>> [s.n_done for s in stats]
+        [20, 20, 20]
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    _check(task, snaps, lrs, n_steps)
+    n_steps = int(n_steps)
+    if method == "sequential":
+        return _sequential(task, snaps, lrs, n_steps, shared_batches)
+    with _threads(task.num_threads), warnings.catch_warnings():
+        # functorch falls back to a per-copy loop for ops without a batching rule
+        warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
+        try:
+            return _vmapped(task, snaps, lrs, n_steps, shared_batches)
+        except (RuntimeError, NotImplementedError):
+            if method == "vmap":
+                raise
+    return _sequential(task, snaps, lrs, n_steps, shared_batches)
