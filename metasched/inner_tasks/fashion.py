@@ -210,10 +210,6 @@ class FashionConfig:
         )
 
 
-def _standardise(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
-
-
 class FashionTask(ArrayClassificationTask):
     """The small CNN on the Fashion-MNIST subsample of one :class:`FashionConfig`.
 
@@ -239,9 +235,9 @@ class FashionTask(ArrayClassificationTask):
         model = build_module(make_fashion_cnn, config.channels)
         super().__init__(
             model,
-            _standardise(data["x"][tr]),
+            data["x"][tr],
             y_tr,
-            _standardise(data["x_test"][val]),
+            data["x_test"][val],
             data["y_test"][val].astype(np.int64),
             batch_size=config.batch_size,
             eval_chunk=500,
@@ -255,6 +251,10 @@ class FashionTask(ArrayClassificationTask):
         )
         self.config = config
         self.data_sha256: str = data["sha256"]
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise ``uint8`` images (stored as bytes: 4x less memory per instance)."""
+        return (x.to(torch.float32) * (1.0 / 255.0) - PIXEL_MEAN) * (1.0 / PIXEL_STD)
 
 
 class FashionFamily(TaskFamily):

@@ -91,9 +91,19 @@ _KEYS = ("x", "y", "x_test", "y_test")
 
 
 def cache_dir() -> Path:
-    """Directory for generated data: ``$METASCHED_CACHE`` or ``~/.cache/metasched``."""
+    """Directory for generated data: ``$METASCHED_CACHE`` or ``~/.cache/metasched``.
+
+    Falls back to ``<tmp>/metasched-cache`` when the home directory is not writable.
+    """
     root = os.environ.get("METASCHED_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "metasched"
+    if root:
+        return Path(root)
+    home = Path.home() / ".cache" / "metasched"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return Path(tempfile.gettempdir()) / "metasched-cache"
+    return home if os.access(home, os.W_OK) else Path(tempfile.gettempdir()) / "metasched-cache"
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

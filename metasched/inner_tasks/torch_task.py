@@ -424,13 +424,21 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
             self.weight_decay = check_nonneg_float("weight_decay", values["weight_decay"])
 
 
+def _input_tensor(x: np.ndarray) -> torch.Tensor:
+    arr = np.asarray(x)
+    dtype = torch.uint8 if arr.dtype == np.uint8 else torch.float32
+    return torch.tensor(arr, dtype=dtype)
+
+
 class ArrayClassificationTask(TorchTask):
     """A classifier trained on in-memory arrays with cross-entropy loss.
 
     Args:
         model: the network (built with :func:`build_module`); its output is ``(batch, k)``
             logits.
-        x_train, y_train: training inputs and integer labels (possibly noisy).
+        x_train, y_train: training inputs and integer labels (possibly noisy). ``uint8``
+            inputs are stored as they are (4x less memory) and turned into model inputs per
+            minibatch by :meth:`prepare`; others are stored as float32.
         x_val, y_val: held-out inputs and labels.
         batch_size: examples per minibatch, drawn uniformly with replacement.
         eval_chunk: examples per forward pass in :meth:`evaluate`.
@@ -452,9 +460,9 @@ class ArrayClassificationTask(TorchTask):
         super().__init__(**kwargs)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.eval_chunk = check_positive_int("eval_chunk", eval_chunk)
-        self.x_train = torch.tensor(np.asarray(x_train), dtype=torch.float32)
+        self.x_train = _input_tensor(x_train)
         self.y_train = torch.tensor(np.asarray(y_train), dtype=torch.long)
-        self.x_val = torch.tensor(np.asarray(x_val), dtype=torch.float32)
+        self.x_val = _input_tensor(x_val)
         self.y_val = torch.tensor(np.asarray(y_val), dtype=torch.long)
         for what, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
             if len(x) == 0 or len(x) != len(y):
@@ -476,7 +484,11 @@ class ArrayClassificationTask(TorchTask):
     def batch_loss(self, draws: torch.Tensor, t: int) -> torch.Tensor:
         """Cross-entropy of minibatch ``t``."""
         idx = draws[t]
-        return F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
+        return F.cross_entropy(self.model(self.prepare(self.x_train[idx])), self.y_train[idx])
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Turn stored inputs into model inputs (identity; ``uint8`` data override it)."""
+        return x
 
     def _chunks(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
         for i in range(0, len(x), self.eval_chunk):
@@ -486,7 +498,8 @@ class ArrayClassificationTask(TorchTask):
         """Mean cross-entropy over the held-out set."""
         total = 0.0
         for xb, yb in self._chunks(self.x_val, self.y_val):
-            total += float(F.cross_entropy(self.model(xb), yb, reduction="sum"))
+            logits = self.model(self.prepare(xb))
+            total += float(F.cross_entropy(logits, yb, reduction="sum"))
         return total / len(self.x_val)
 
     def accuracy(self, split: str = "val") -> float:
@@ -497,5 +510,5 @@ class ArrayClassificationTask(TorchTask):
         correct = 0
         with _threads(self.num_threads), torch.no_grad():
             for xb, yb in self._chunks(x, y):
-                correct += int((self.model(xb).argmax(1) == yb).sum())
+                correct += int((self.model(self.prepare(xb)).argmax(1) == yb).sum())
         return correct / len(x)
