@@ -271,20 +271,20 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
                     g2 += torch.stack(torch._foreach_norm(grads)).square().sum()
                     if mu:
                         torch._foreach_lerp_(bufs, grads, 1.0 - mu)
-                        step = bufs
-                    else:
-                        step = list(grads)
-                    u2 += torch.stack(torch._foreach_norm(step)).square().sum() * (lr * lr)
-                    torch._foreach_add_(params, step, alpha=-lr)
+                        u2 += torch.stack(torch._foreach_norm(bufs)).square().sum()
+                        torch._foreach_add_(params, bufs, alpha=-lr)
+                    else:  # the update is -lr * g: its norm follows from g2 at the end
+                        torch._foreach_add_(params, grads, alpha=-lr)
         n_updates = done - int(diverged)
         g2_mean = float(g2) / max(n_updates, 1)
+        u2_mean = (float(u2) if mu else float(g2)) * (lr * lr) / max(n_updates, 1)
         if not math.isfinite(g2_mean):
             diverged = True  # a non-finite gradient poisoned the parameters
         ups = int(np.count_nonzero(np.diff(losses[:done]) > 0)) if done > 1 else 0
         return StepStats(
             losses=losses[:done],
             grad_norm=math.sqrt(g2_mean) if math.isfinite(g2_mean) else math.inf,
-            update_norm=math.sqrt(max(float(u2), 0.0) / max(n_updates, 1)),
+            update_norm=math.sqrt(u2_mean) if math.isfinite(u2_mean) else math.inf,
             diverged=diverged,
             n_done=done,
             n_increasing=ups,

@@ -78,3 +78,15 @@ def test_config_name_is_deterministic():
     cfg = tiny(split="test", index=3, label_noise=0.25)
     assert cfg.name == "mlp-w16-d1-b16-i1.00-m0.00-n0.25-x0.00-test3"
     assert dataclasses.replace(cfg).name == cfg.name
+
+
+@pytest.mark.slow
+def test_scheduling_matters_tuned_cosine_beats_tuned_constant():
+    from metasched.distill.sanity import constant_vs_cosine
+
+    fam = MLPFamily()
+    grid = tuple(fam.reference_lr * g for g in (0.5, 1.0, 2.0, 4.0))
+    res = constant_vs_cosine(fam, n_train=4, n_test=10, budget=400, interval=20, grid=grid)
+    med = res.test_median
+    assert med["cosine"] < med["constant"], res.table()
+    assert res.cosine_win_rate >= 0.6, res.table()

@@ -74,3 +74,13 @@ def test_strided_conv_matches_torch_conv1d():
         x.transpose(1, 2), conv.weight.view(5, 3, 3), conv.bias, stride=2, padding=1
     ).transpose(1, 2)
     torch.testing.assert_close(conv(x), ref)
+
+
+@pytest.mark.slow
+def test_scheduling_matters_tuned_cosine_beats_tuned_constant():
+    from metasched.distill.sanity import constant_vs_cosine
+
+    fam = MNIST1DFamily()
+    grid = tuple(fam.reference_lr * g for g in (0.5, 1.0, 2.0, 4.0))
+    res = constant_vs_cosine(fam, n_train=3, n_test=6, budget=1000, interval=50, grid=grid)
+    assert res.test_median["cosine"] < res.test_median["constant"], res.table()
