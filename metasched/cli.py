@@ -6,6 +6,7 @@ Errors in user input end with a one-line message on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,21 +48,59 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    print(
-        "metasched demo: the full demo (train PPO on NMF, export it, compare it with GreedyLR,\n"
-        "probe, tuned cosine and constant, write plots and a report) arrives with the agent and\n"
-        "comparison issues. Meanwhile, here is the check that scheduling matters on the default\n"
-        "NMF family:\n"
+    from metasched.distill.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, jobs=args.jobs, seed=args.seed)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from metasched.distill.compare import (
+        DEFAULT_GRID,
+        CompareSpec,
+        compare,
+        parse_scheduler,
+        split_schedulers,
     )
-    ns = argparse.Namespace(
-        family="nmf",
-        family_seed=0,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        budget=2000,
-        interval=50,
+
+    spec = CompareSpec(
+        families=tuple(x for x in args.tasks.split(",") if x),
+        split=args.split,
+        n_instances=args.instances,
+        seeds=args.seeds,
+        budget=args.budget,
+        interval=args.interval,
+        family_seed=args.family_seed,
+        tune_instances=args.tune_instances,
+        grid=DEFAULT_GRID,
     )
-    return _cmd_check(ns)
+    scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
+    compare(spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from metasched.distill.report import write_report
+
+    write_report(args.dir, instances=args.instances)
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from metasched.distill.rules import distill
+
+    out = args.output or os.path.splitext(args.policy)[0] + ".rules.json"
+    d = distill(
+        args.policy,
+        out,
+        family=args.task,
+        n_train=args.train_instances,
+        n_test=args.test_instances,
+        budget=args.budget,
+        max_depth=args.max_depth,
+    )
+    print(d.summary())
+    return 0
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -210,11 +249,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default")
-    p.add_argument("--n-train", type=_positive_int, default=10)
-    p.add_argument("--n-test", type=_positive_int, default=20)
+    p = sub.add_parser(
+        "demo",
+        help="the main job: train PPO on NMF, export, distil, compare, write the report",
+    )
+    p.add_argument("--out", default="demo-out", help="output directory (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="the same pipeline in about 2 minutes")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="processes for the comparison")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "compare", help="run schedulers on held-out task instances; tables, plots, report"
+    )
+    p.add_argument("--tasks", default="nmf", help="task families, comma-separated (default: nmf)")
+    p.add_argument("--split", default="test", help="evaluated split: test or shift")
+    p.add_argument("--instances", type=_positive_int, default=50, help="instances per family")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per instance")
+    p.add_argument(
+        "--schedulers",
+        default="constant,cosine,greedy,greedy-tuned,probe",
+        help="comma-separated: NAME, NAME:key=value,key=value, learned:FILE, rules:FILE",
+    )
+    p.add_argument("--budget", type=_positive_int, default=2000, help="main-line inner steps")
+    p.add_argument("--interval", type=_positive_int, default=50, help="inner steps per decision")
+    p.add_argument("--family-seed", type=int, default=0)
+    p.add_argument("--tune-instances", type=_positive_int, default=10)
+    p.add_argument("--jobs", type=_positive_int, default=2, help="processes (default: 2)")
+    p.add_argument("--out", required=True, help="output directory (resumable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("plot", help="(re)draw the plots and report of a comparison directory")
+    p.add_argument("dir", help="output directory of metasched compare")
+    p.add_argument(
+        "--instances", type=int, nargs="+", default=[0, 1], help="instances to draw schedules of"
+    )
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("distill", help="distil a learned policy into rules and a GreedyLR setting")
+    p.add_argument("policy", help="exported .msched policy file")
+    p.add_argument("-o", "--output", help="rules file to write (default: POLICY.rules.json)")
+    p.add_argument("--task", default="nmf", help="task family to roll the policy out on")
+    p.add_argument("--train-instances", type=_positive_int, default=20)
+    p.add_argument("--test-instances", type=_positive_int, default=20)
+    p.add_argument("--budget", type=_positive_int, default=2000)
+    p.add_argument("--max-depth", type=_positive_int, default=3)
+    p.set_defaults(func=_cmd_distill)
     return parser
+
+
+def _one_thread() -> None:
+    """One BLAS and one torch thread in this process (parallelism is by processes).
+
+    Tiny models are overhead-bound, and two thread pools (torch and OpenBLAS) beside other
+    busy processes were seen to collapse throughput 10-100x. ``METASCHED_THREADS=N``
+    overrides the limit.
+    """
+    text = os.environ.get("METASCHED_THREADS", "1")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"METASCHED_THREADS must be a positive integer, got {text!r}")
+    n = int(text)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))  # inherited by worker processes
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from metasched.errors import MetaschedError
 
     try:
+        _one_thread()
         return int(args.func(args))
     except (MetaschedError, ValueError) as exc:
         print(f"metasched: error: {exc}", file=sys.stderr)

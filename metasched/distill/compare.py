@@ -54,6 +54,7 @@ __all__ = [
     "compare",
     "parse_scheduler",
     "read_results",
+    "split_schedulers",
 ]
 
 #: Tuning grid: multiples of the instance's reference LR (half-octave steps, 1/64 .. 8).
@@ -122,6 +123,26 @@ def parse_scheduler(text: str) -> SchedulerSpec:
     registry_name = TUNED.get(name, name) if name == "greedy-tuned" else name
     make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))  # validates
     return SchedulerSpec(text, registry_name, kwargs)
+
+
+def split_schedulers(text: str) -> list[str]:
+    """Split a comma-separated scheduler list; ``key=value`` items join the one before.
+
+    Example:
+        >>> split_schedulers("constant,greedy:patience=3,factor=0.5,probe")
+        ['constant', 'greedy:patience=3,factor=0.5', 'probe']
+    """
+    out: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        if out and ":" in out[-1] and "=" in item and ":" not in item:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    if not out:
+        raise ConfigError(f"no scheduler in {text!r}")
+    return out
 
 
 def _with_bounds(name: str, kwargs: dict[str, Any], lr_ref: float) -> dict[str, Any]:
@@ -389,19 +410,12 @@ def tune(
                 ]
                 medians.append(float(np.median(finals)))
             best = int(np.argmin(medians))
-            if best in (0, len(spec.grid) - 1):
-                import warnings
-
-                warnings.warn(
-                    f"tuned {lb} LR on {fam} sits at the edge of the grid "
-                    f"({spec.grid[best]:g} x reference LR): widen the grid",
-                    stacklevel=2,
-                )
             out[f"{fam}/{lb}"] = {
                 "family": fam,
                 "label": lb,
                 "multiple": spec.grid[best],
                 "median_final": medians[best],
+                "at_grid_edge": best in (0, len(spec.grid) - 1) and len(spec.grid) > 1,
                 "grid": list(spec.grid),
                 "medians": [m if math.isfinite(m) else None for m in medians],
             }
@@ -460,6 +474,7 @@ def compare(
         log(
             f"  {entry['family']}: {entry['label']} tuned at {entry['multiple']:.3g} x "
             f"reference LR (median train final loss {entry['median_final']:.4g})"
+            + ("  [at the edge of the grid: widen it]" if entry["at_grid_edge"] else "")
         )
     cells = []
     for fam in spec.families:

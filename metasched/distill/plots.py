@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_profile", "plot_schedules", "plot_win_rates", "read_curves", "save"]
+__all__ = [
+    "plot_eval_curve",
+    "plot_profile",
+    "plot_schedules",
+    "plot_win_rates",
+    "read_curves",
+    "save",
+]
 
 
 def _plt():
@@ -130,5 +137,26 @@ def plot_profile(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
+def plot_eval_curve(
+    timesteps: Sequence[float],
+    returns: Sequence[float],
+    references: Mapping[str, float],
+    path_stem: Path,
+) -> list[Path]:
+    """Plot the agent's mean test return over training, with reference policies as lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(timesteps, returns, marker="o", lw=1.6, label="agent (test split)")
+    styles = ("--", ":", "-.")
+    for k, (name, value) in enumerate(references.items()):
+        ax.axhline(value, ls=styles[k % 3], color="grey", lw=1.2, label=f"{name} policy")
+    ax.set(xlabel="training timesteps", ylabel="mean episodic return = log(L0 / L_T)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("meta-training: evaluation on held-out instances")
     fig.tight_layout()
     return save(fig, path_stem)

@@ -192,7 +192,8 @@ def write_report(
     ]
     for t in tuning.values():
         lines.append(
-            f"| {t['family']} | {t['label']} | {t['multiple']:.3g} | {_fmt(t['median_final'])} |"
+            f"| {t['family']} | {t['label']} | {t['multiple']:.3g}"
+            f"{' (grid edge!)' if t.get('at_grid_edge') else ''} | {_fmt(t['median_final'])} |"
         )
     for fam in families:
         fam_rows = [s for s in summary if s["family"] == fam]

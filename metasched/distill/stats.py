@@ -172,9 +172,14 @@ def _bootstrap_ci(x: np.ndarray, statistic, seed: int) -> tuple[float, float]:
         rng = np.random.default_rng(seed)
         vals = np.sort([statistic(x[i]) for i in rng.integers(0, x.size, (2000, x.size))])
         return (float(vals[49]), float(vals[1949]))
+    def vectorised(a: np.ndarray, axis: int = -1) -> np.ndarray:
+        if statistic is np.median:
+            return np.median(a, axis=axis)
+        return sps.trim_mean(a, 0.25, axis=axis)
+
     res = sps.bootstrap(
         (x,),
-        lambda a, axis=-1: np.apply_along_axis(statistic, axis, a),
+        vectorised,
         n_resamples=2000,
         confidence_level=0.95,
         method="percentile",

@@ -6,7 +6,7 @@ Every scheduler is built by name from the registry, driven by
     >>> from metasched.schedulers import SCHEDULERS, make_scheduler
     >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
     ['autolrs', 'constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'hypergradient',
-     'learned', 'linear', 'onecycle', 'pbt', 'probe', 'sgdr', 'sls', 'step']
+     'learned', 'linear', 'onecycle', 'pbt', 'probe', 'rules', 'sgdr', 'sls', 'step']
     >>> make_scheduler("sgdr", t_mult=1)
     SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
 
@@ -37,6 +37,7 @@ from metasched.schedulers.hypergradient import HypergradientScheduler
 from metasched.schedulers.learned import LearnedScheduler
 from metasched.schedulers.pbt import PBTScheduler
 from metasched.schedulers.probe import ProbeScheduler
+from metasched.schedulers.rules import RulesScheduler
 from metasched.schedulers.runner import TRACE_COLUMNS, Run, Trace, run_schedule
 from metasched.schedulers.sls import StochasticLineSearch
 from metasched.schedulers.torch_adapter import TorchLRScheduler
@@ -56,6 +57,7 @@ __all__ = [
     "OneCycleSchedule",
     "PBTScheduler",
     "ProbeScheduler",
+    "RulesScheduler",
     "Run",
     "SGDRSchedule",
     "Scheduler",

@@ -47,7 +47,7 @@ EXTRA_CONFIGS = {
 
 # Entries that cannot be built from options alone: "learned" needs an exported policy file
 # (there is no default), so its contract is checked in test_learned.py with a trained policy.
-NEEDS_FILE = {"learned"}
+NEEDS_FILE = {"learned", "rules"}  # rules: a distilled rules file (test_rules.py)
 
 CASES = [
     pytest.param(name, cfg, id=f"{name}-{i}")

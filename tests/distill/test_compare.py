@@ -1,0 +1,146 @@
+"""The comparison harness end to end on a tiny grid: tables, statistics, resume, errors."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from metasched.distill import compare as cmp
+from metasched.distill.compare import (
+    CompareSpec,
+    compare,
+    parse_scheduler,
+    read_results,
+    split_schedulers,
+)
+from metasched.errors import ConfigError, UnknownNameError
+
+SPEC = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0, 2.0), budget=200, interval=50)
+NAMES = ["constant", "cosine", "greedy", "greedy-tuned", "probe:every=2"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    compare(SPEC, [parse_scheduler(s) for s in NAMES], out, log=lambda m: None)
+    return out
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_files_and_tidy_table(done):
+    for name in ("compare.json", "tuning.json", "runs.csv", "results.csv", "summary.csv",
+                 "report.md", "plots/nmf-win-rates.png", "plots/nmf-win-rates.svg",
+                 "plots/nmf-profile.png", "plots/nmf-schedules-0.png"):  # fmt: skip
+        assert (done / name).is_file(), name
+    runs = _csv(done / "runs.csv")
+    # one row per scheduler, problem and decision (row 0 = before training)
+    assert len(runs) == len(NAMES) * 3 * (200 // 50 + 1)
+    assert set(runs[0]) >= {"scheduler", "task", "seed", "step", "lr", "train_loss", "val_loss",
+                            "inner_steps", "wall_time"}  # fmt: skip
+    results = read_results(done)
+    assert len(results) == len(NAMES) * 3
+    probe = [r for r in results if r["scheduler"] == "probe:every=2"]
+    assert all(r["compute"] > 200 for r in probe)  # probes are counted
+    assert all(r["compute"] == 200 for r in results if r["scheduler"] == "constant")
+
+
+def test_tuned_baselines_use_the_train_split(done):
+    tuning = json.loads((done / "tuning.json").read_text())
+    assert set(tuning) == {"nmf/constant", "nmf/cosine", "nmf/greedy-tuned"}
+    for t in tuning.values():
+        meds = [math.inf if m is None else m for m in t["medians"]]
+        assert t["multiple"] == SPEC.grid[int(np.argmin(meds))]
+    results = read_results(done)
+    for r in results:
+        if r["scheduler"] == "constant":
+            assert r["tuned_multiple"] == tuning["nmf/constant"]["multiple"]
+        if r["scheduler"] == "greedy":
+            assert math.isnan(r["tuned_multiple"])
+
+
+def test_summary_matches_results_by_hand(done):
+    results = read_results(done)
+    summary = {s["scheduler"]: s for s in _csv(done / "summary.csv")}
+    const = {r["instance"]: r["final_loss"] for r in results if r["scheduler"] == "constant"}
+    for name in NAMES:
+        fin = {r["instance"]: r["final_loss"] for r in results if r["scheduler"] == name}
+        assert float(summary[name]["median_final"]) == pytest.approx(np.median(list(fin.values())))
+        strict = np.mean([fin[i] < const[i] * 0.995 for i in fin])
+        assert float(summary[name]["strict_win_vs_constant"]) == pytest.approx(strict)
+    # steps to target: the tuned constant reaches its own final loss within the budget
+    for r in results:
+        if r["scheduler"] == "constant":
+            assert r["steps_to_target"] <= 200
+
+
+def test_same_seed_same_tables(done, tmp_path):
+    compare(SPEC, [parse_scheduler(s) for s in NAMES], tmp_path, log=lambda m: None)
+    drop = {"wall_time"}
+    a = [{k: v for k, v in r.items() if k not in drop} for r in _csv(done / "results.csv")]
+    b = [{k: v for k, v in r.items() if k not in drop} for r in _csv(tmp_path / "results.csv")]
+    assert a == b
+
+
+def test_resume_reruns_nothing_and_adding_a_scheduler_runs_only_it(done, monkeypatch):
+    ran = []
+    real = cmp.run_cell
+    monkeypatch.setattr(cmp, "run_cell", lambda c: ran.append(c.label) or real(c))
+    compare(SPEC, [parse_scheduler(s) for s in NAMES], done, log=lambda m: None)
+    assert ran == []
+    compare(SPEC, [parse_scheduler(s) for s in [*NAMES, "linear"]], done, log=lambda m: None)
+    assert ran == ["linear"] * 3
+
+
+def test_other_settings_in_the_same_directory_are_refused(done):
+    other = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0), budget=200, interval=50)
+    before = (done / "results.csv").read_bytes()
+    with pytest.raises(ConfigError, match="other settings"):
+        compare(other, [parse_scheduler("constant")], done, log=lambda m: None)
+    assert (done / "results.csv").read_bytes() == before  # nothing lost
+
+
+def test_parallel_equals_serial(tmp_path):
+    spec = CompareSpec(n_instances=2, tune_instances=1, grid=(1.0,), budget=100, interval=50)
+    scheds = [parse_scheduler(s) for s in ["constant", "greedy"]]
+    compare(spec, scheds, tmp_path / "a", log=lambda m: None)
+    compare(spec, scheds, tmp_path / "b", jobs=2, log=lambda m: None)
+    key = ("scheduler", "instance", "final_loss", "compute")
+    rows = [[tuple(r[k] for k in key) for r in _csv(tmp_path / d / "results.csv")] for d in "ab"]
+    assert sorted(rows[0]) == sorted(rows[1])
+
+
+def test_scheduler_specs():
+    assert split_schedulers("constant,greedy:patience=3,factor=0.5,probe") == [
+        "constant", "greedy:patience=3,factor=0.5", "probe",
+    ]  # fmt: skip
+    s = parse_scheduler("greedy:patience=3,factor=0.5")
+    assert s.name == "greedy" and s.kwargs == {"patience": 3, "factor": 0.5}
+    tuned = parse_scheduler("greedy-tuned")
+    assert tuned.tuned and tuned.name == "greedy"
+    with pytest.raises(UnknownNameError, match="did you mean 'cosine'"):
+        parse_scheduler("cosin")
+    with pytest.raises(ConfigError, match="patienc"):
+        parse_scheduler("greedy:patienc=3")
+    with pytest.raises(ValueError, match="factor"):
+        parse_scheduler("greedy:factor=2")
+    with pytest.raises(ConfigError, match="needs a file"):
+        parse_scheduler("learned")
+    with pytest.raises(ConfigError, match="not found"):
+        parse_scheduler("learned:/nonexistent/policy.msched")
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"n_instances": 0}, "n_instances"), ({"split": "tset"}, "tset"),
+     ({"families": ("nmff",)}, "nmf"), ({"interval": 500, "budget": 100}, "interval"),
+     ({"grid": (0.0, 1.0)}, "grid")],
+)  # fmt: skip
+def test_bad_settings(kw, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        CompareSpec(**kw)

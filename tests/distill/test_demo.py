@@ -1,0 +1,65 @@
+"""`metasched demo` end to end at a tiny size, and the CLI of compare / plot / distill."""
+
+import functools
+
+import pytest
+
+from metasched.cli import main
+from metasched.distill import demo
+from metasched.distill.compare import CompareSpec
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(
+        demo.DemoSettings, "make", classmethod(lambda cls, quick: cls(4096, 4096, 2, 1, 2, 2))
+    )
+    small = functools.partial(CompareSpec, budget=200, interval=50, grid=(1.0, 2.0))
+    monkeypatch.setattr(demo, "CompareSpec", small)
+    monkeypatch.setattr(demo, "OPTIONAL_SEARCH", ("hypergradient",))
+
+
+def test_demo_pipeline_end_to_end_and_rerun(tiny, tmp_path, capsys):
+    report = demo.run_demo(tmp_path, quick=True, jobs=1, log=lambda m: None)
+    text = report.read_text()
+    for needle in ("## Training", "Distilled rules", "Distilled GreedyLR", "## nmf",
+                   "Equal compute", "Head to head", "learned", "rules", "greedy-distilled",
+                   "hypergradient", "probe"):  # fmt: skip
+        assert needle in text, needle
+    for f in ("policy.msched", "rules.json", "plots/training.png", "compare/results.csv",
+              "compare/plots/nmf-win-rates.png", "compare/plots/nmf-schedules-0.svg"):  # fmt: skip
+        assert (tmp_path / f).is_file(), f
+    # every image the report links exists
+    import re
+
+    for link in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (tmp_path / link).is_file(), link
+    before = (tmp_path / "compare" / "results.csv").read_bytes()
+    demo.run_demo(tmp_path, quick=True, jobs=1, log=lambda m: None)  # reuses everything
+    assert (tmp_path / "compare" / "results.csv").read_bytes() == before
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    cases = [
+        ["compare", "--out", str(tmp_path / "c"), "--schedulers", "cosin"],
+        ["compare", "--out", str(tmp_path / "c"), "--tasks", "nmff"],
+        ["compare", "--out", str(tmp_path / "c"), "--schedulers", "learned:nope.msched"],
+        ["plot", str(tmp_path / "nothing-here")],
+        ["distill", str(tmp_path / "missing.msched")],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("metasched: error:") and "\n" not in err, err
+
+
+def test_cli_compare_and_plot(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["compare", "--out", str(out), "--instances", "2", "--budget", "100",
+            "--interval", "50", "--tune-instances", "1", "--jobs", "1", "--no-progress",
+            "--schedulers", "constant,greedy:patience=2,factor=0.5"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "report.md").is_file()
+    (out / "report.md").unlink()
+    assert main(["plot", str(out), "--instances", "1"]) == 0
+    assert (out / "report.md").is_file() and (out / "plots" / "nmf-schedules-1.png").is_file()
