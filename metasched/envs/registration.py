@@ -36,7 +36,7 @@ _SPECS = [
     {
         "id": "metasched/CharLM-v0",  # an evaluation env: tens of inner steps/s
         "entry_point": _ENTRY,
-        "kwargs": {"family": "charlm", "budget": 300, "steps_per_action": 30},
+        "kwargs": {"family": "charlm", "budget": 2000, "steps_per_action": 100},
     },
     {
         "id": "metasched/Mixed-v0",  # episodes drawn from nmf, mlp and mnist1d
