@@ -75,3 +75,14 @@ def test_bad_arguments():
     )
     with pytest.raises(ValueError, match="TorchTask"):
         train_copies(nmf, [snap], [0.1], 5)
+
+
+def test_auto_is_sequential_for_few_copies():
+    task = TASKS["mlp-momentum-wd"]()
+    task.reset(np.random.default_rng(0))
+    snap = task.snapshot()
+    auto, _ = train_copies(task, [snap] * 3, [0.1, 0.2, 0.3], 5)
+    seq, _ = train_copies(task, [snap] * 3, [0.1, 0.2, 0.3], 5, method="sequential")
+    for a, s in zip(auto, seq, strict=True):
+        for x, y in zip(a["params"], s["params"], strict=True):
+            assert torch.equal(x, y)
