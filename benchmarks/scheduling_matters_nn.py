@@ -17,9 +17,9 @@ import numpy as np
 from metasched.distill.sanity import constant_vs_cosine
 from metasched.inner_tasks import make_family
 
-# (budget, interval, grid as multiples of the family's reference LR, n_train, n_test)
+# (budget, interval, n_train, n_test); the LR grid is in multiples of the reference LR
 SETTINGS = {
-    "mlp": (400, 20, 8, 20),
+    "mlp": (800, 40, 8, 20),
     "mnist1d": (1000, 50, 6, 12),
     "fashion": (400, 40, 4, 8),
     "charlm": (2000, 100, 3, 6),

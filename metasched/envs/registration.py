@@ -21,7 +21,7 @@ _SPECS = [
     {
         "id": "metasched/MLP-v0",
         "entry_point": _ENTRY,
-        "kwargs": {"family": "mlp", "budget": 400, "steps_per_action": 20},
+        "kwargs": {"family": "mlp", "budget": 800, "steps_per_action": 40},
     },
     {
         "id": "metasched/MNIST1D-v0",

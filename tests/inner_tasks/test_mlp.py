@@ -86,7 +86,7 @@ def test_scheduling_matters_tuned_cosine_beats_tuned_constant():
 
     fam = MLPFamily()
     grid = tuple(fam.reference_lr * g for g in (0.5, 1.0, 2.0, 4.0))
-    res = constant_vs_cosine(fam, n_train=4, n_test=10, budget=400, interval=20, grid=grid)
+    res = constant_vs_cosine(fam, n_train=6, n_test=12, budget=800, interval=40, grid=grid)
     med = res.test_median
     assert med["cosine"] < med["constant"], res.table()
     assert res.cosine_win_rate >= 0.6, res.table()
