@@ -27,7 +27,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("schedulers:")
     for name in sorted(SCHEDULERS):
         summary = (SCHEDULERS[name].__doc__ or "").strip().splitlines()[0].replace("``", "")
-        print(f"  {name:<12} {summary}")
+        print(f"  {name:<14} {summary}")
     return 0
 
 
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the main job: train PPO on NMF, export, distil, compare, write the report",
     )
-    p.add_argument("--out", default="demo-out", help="output directory (default: %(default)s)")
+    p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="the same pipeline in about 2 minutes")
     p.add_argument("--jobs", type=_positive_int, default=2, help="processes for the comparison")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")

@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,8 @@ __all__ = [
     "split_schedulers",
 ]
 
-#: Tuning grid: multiples of the instance's reference LR (half-octave steps, 1/64 .. 8).
-DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-6.0, 3.01, 0.5))
+#: Tuning grid: multiples of the instance's reference LR (half-octave steps, 1/32 .. 32).
+DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-5.0, 5.01, 0.5))
 
 #: Labels whose (initial / peak) LR is tuned on ``train``, and the scheduler each runs.
 TUNED: dict[str, str] = {"constant": "constant", "cosine": "cosine", "greedy-tuned": "greedy"}
@@ -361,11 +361,9 @@ def run_cells(
         with ProcessPoolExecutor(
             max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker
         ) as pool:
-            chunk = max(1, len(todo) // (8 * jobs))
-            for i, res in zip(
-                todo, pool.map(run_cell, [cells[i] for i in todo], chunksize=chunk), strict=True
-            ):
-                store(i, res)
+            futures = {pool.submit(run_cell, cells[i]): i for i in todo}
+            for fut in as_completed(futures):  # store each run as soon as it is done
+                store(futures[fut], fut.result())
     return [r for r in results if r is not None]
 
 
