@@ -20,15 +20,16 @@ Two batched implementations: ``"stacked"`` for Linear/ReLU classifiers (the ``ml
 and MNIST-1D MLPs) stacks the weights and runs a hand-written forward and backward pass with
 ``baddbmm`` / ``bmm`` (no autograd graph); ``"vmap"`` works for any model.
 
-Speed (``benchmarks/bench_multicopy.py``, one thread, copy-steps/s relative to sequential;
-noisy): stacked on the digits MLP (width 64, depth 2, batch 16) 1.9x at 3 copies, 2.9x at 8,
-4.6x at 16; on the MNIST-1D MLP (width 128, batch 32) 1.6x at 3 and 8 copies, 1.0x at 16.
-vmap pays only for many copies of overhead-bound models — the digits MLP 1.45x at 8 copies
-and 1.7x at 16, the MNIST-1D CNN 1.2x / 1.8x — and loses at 3 copies (about 0.55x) and on
-compute-bound models (MNIST-1D MLP of width 128, Fashion CNN, char transformer: 0.5-0.9x).
-``method="auto"`` therefore uses stacked training for MLPs, vmap from
-:data:`AUTO_MIN_COPIES` copies of other models of at most :data:`AUTO_MAX_PARAMETERS`
-parameters, and sequential training otherwise.
+Speed (``benchmarks/bench_multicopy.py``, one thread, copy-steps/s relative to sequential
+training, which for MLPs already uses hand-written backprop; noisy, measured on a loaded
+machine): stacked on the digits MLP (width 64, depth 2, batch 16) 1.8x at 3 copies, 3x at 8,
+3.5x at 16; on the MNIST-1D MLP (width 128, batch 32) 1.0x at 3, 1.5x at 8 and 0.55x at 16
+copies (the stacked products outgrow the cache). vmap pays only for many copies of
+overhead-bound models (the MNIST-1D CNN 1.2x at 8 copies, 1.8x at 16) and loses at 3 copies
+(about 0.55x) and on compute-bound models (Fashion CNN, char transformer: 0.6-0.9x).
+``method="auto"`` therefore uses stacked training for MLPs while copies x parameters stay
+under :data:`AUTO_STACKED_MAX`, vmap from :data:`AUTO_MIN_COPIES` copies of other models of
+at most :data:`AUTO_MAX_PARAMETERS` parameters, and sequential training otherwise.
 """
 
 from __future__ import annotations
@@ -44,18 +45,26 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from metasched.inner_tasks.base import StepStats
-from metasched.inner_tasks.torch_task import ArrayClassificationTask, TorchTask, _threads
+from metasched.inner_tasks.torch_task import (
+    ArrayClassificationTask,
+    TorchTask,
+    _threads,
+    is_plain_mlp,
+)
 
 __all__ = [
     "AUTO_MAX_PARAMETERS",
     "AUTO_MIN_COPIES",
+    "AUTO_STACKED_MAX",
     "METHODS",
     "is_plain_mlp",
     "train_copies",
 ]
 
 METHODS = ("auto", "stacked", "vmap", "sequential")
-#: ``method="auto"`` batches with vmap from this many copies ...
+#: ``method="auto"`` stacks MLP copies while copies x parameters stay below this ...
+AUTO_STACKED_MAX = 200_000
+#: ... and batches other models with vmap from this many copies ...
 AUTO_MIN_COPIES = 8
 #: ... of models with at most this many parameters (vmap loses on larger ones).
 AUTO_MAX_PARAMETERS = 12_000
@@ -132,24 +141,6 @@ def _vmap_grad_fn(task: TorchTask, shared_batches: bool) -> Any:
         return functional_call(loss_module, dict(zip(names, params, strict=True)), (draw,))
 
     return vmap(grad_and_value(loss_fn), in_dims=(0, None if shared_batches else 0))
-
-
-def is_plain_mlp(task: TorchTask) -> bool:
-    """Whether ``task`` is a cross-entropy classifier whose model is Linear / ReLU layers."""
-    model = task.model
-    if not isinstance(task, ArrayClassificationTask) or not isinstance(model, nn.Sequential):
-        return False
-    if type(task).batch_loss is not ArrayClassificationTask.batch_loss:
-        return False
-    if type(task).prepare is not ArrayClassificationTask.prepare:
-        return False
-    layers = list(model)
-    return (
-        len(layers) % 2 == 1
-        and all(isinstance(m, nn.Linear) and m.bias is not None for m in layers[::2])
-        and all(isinstance(m, nn.ReLU) for m in layers[1::2])
-        and task.x_train.dtype == torch.float32
-    )
 
 
 def _stacked_mlp_grad_fn(task: ArrayClassificationTask, shared_batches: bool) -> Any:
@@ -300,7 +291,7 @@ def train_copies(
         method: ``"stacked"`` (Linear/ReLU classifiers only: stacked weights, hand-written
             batched backprop), ``"vmap"`` (stacked parameters, vmap over autograd),
             ``"sequential"`` (restore / train / snapshot per copy) or ``"auto"`` (stacked
-            for MLPs, vmap for many copies of other small models, else sequential).
+            for small MLPs, vmap for many copies of other small models, else sequential).
 
     Returns:
         ``(snapshots, stats)``: each copy's state after training (restorable into ``task``)
@@ -325,7 +316,7 @@ def train_copies(
     if method == "stacked" and not is_plain_mlp(task):
         raise ValueError(f"method 'stacked' needs a Linear/ReLU classifier; {task.name} is not")
     if method == "auto":
-        if is_plain_mlp(task) and k > 1:
+        if is_plain_mlp(task) and 1 < k and k * task.n_parameters <= AUTO_STACKED_MAX:
             method = "stacked"
         elif k >= AUTO_MIN_COPIES and task.n_parameters <= AUTO_MAX_PARAMETERS:
             method = "vmap"

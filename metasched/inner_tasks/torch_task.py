@@ -14,6 +14,11 @@ which model it trains and where its minibatches come from:
   (``buf <- mu * buf + (1 - mu) * g``, ``p <- p - lr * buf``, i.e. torch's ``SGD`` with
   ``dampening = momentum``), so that the useful LR range does not move with the momentum;
   optional L2 weight decay is added to the gradient.
+* **Gradients** come from autograd on the task's minibatch loss, except for plain
+  Linear/ReLU classifiers (:func:`is_plain_mlp`: the ``mlp`` family and MNIST-1D MLPs),
+  whose exact gradients a hand-written backward pass computes about twice as fast (autograd
+  overhead dominates such tiny models). :meth:`TorchTask.loss_and_grads` is the one place
+  both :meth:`~TorchTask.train` and the gradient interface get them from.
 * **Snapshots** copy the parameters, the momentum buffers, the minibatch ``torch.Generator``
   state and the divergence reference, so restoring one and training again replays the same
   minibatches and gives bit-identical losses.
@@ -58,6 +63,7 @@ __all__ = [
     "check_positive_int",
     "choice",
     "flip_labels",
+    "is_plain_mlp",
     "torch_generator",
 ]
 
@@ -213,6 +219,15 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
     def batch_loss(self, draws: Any, t: int) -> torch.Tensor:
         """Return the (scalar, differentiable) minibatch loss of step ``t`` of ``draws``."""
 
+    def loss_and_grads(self, draws: Any, t: int) -> tuple[float, list[torch.Tensor]]:
+        """Return the loss of step ``t`` and its gradient per parameter (before weight decay).
+
+        The default differentiates :meth:`batch_loss` with autograd; tasks with a cheaper
+        exact gradient override it (both :meth:`train` and the gradient interface use it).
+        """
+        loss = self.batch_loss(draws, t)
+        return loss.item(), list(torch.autograd.grad(loss, self.params))
+
     def init_parameter(self, name: str, param: torch.Tensor, gen: torch.Generator) -> None:
         """Initialise one parameter in place (see the module docstring for the default)."""
         if param.dim() >= 2:
@@ -257,14 +272,12 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
         with _threads(self.num_threads):
             draws = self.draw_batches(n_steps) if n_steps else None
             for t in range(n_steps):
-                loss = self.batch_loss(draws, t)
-                value = loss.item()
+                value, grads = self.loss_and_grads(draws, t)
                 losses[t] = value
                 done = t + 1
                 if not value <= limit:  # also catches NaN
                     diverged = True
                     break
-                grads = torch.autograd.grad(loss, params)
                 with torch.no_grad():
                     if wd:
                         torch._foreach_add_(grads, params, alpha=wd)
@@ -369,12 +382,11 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
     def minibatch_gradients(self, batch: Any) -> tuple[float, list[np.ndarray]]:
         """Return the loss of ``batch`` and its gradient per block (plus weight decay)."""
         with _threads(self.num_threads):
-            loss = self.batch_loss(batch, 0)
-            grads = torch.autograd.grad(loss, self.params)
+            value, grads = self.loss_and_grads(batch, 0)
             if self.weight_decay:
                 with torch.no_grad():
                     torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
-        return loss.item(), [g.numpy() for g in grads]
+        return value, [g.numpy() for g in grads]
 
     def apply_update(self, grads: Any, step_sizes: Any) -> UpdateResult:
         """Apply ``p <- p - s * g`` per block (no projection, no cap, no momentum)."""
@@ -422,6 +434,69 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
             self.momentum = check_fraction("momentum", values["momentum"])
         if "weight_decay" in values:
             self.weight_decay = check_nonneg_float("weight_decay", values["weight_decay"])
+
+
+def is_plain_mlp(task: TorchTask) -> bool:
+    """Whether ``task`` is an array classifier whose model is Linear / ReLU layers only.
+
+    Such tasks train with hand-written backprop (:func:`_mlp_loss_and_grads`) and, in
+    :func:`~metasched.inner_tasks.multicopy.train_copies`, with stacked weights.
+    """
+    model = task.model
+    if not isinstance(task, ArrayClassificationTask) or not isinstance(model, nn.Sequential):
+        return False
+    if type(task).batch_loss is not ArrayClassificationTask.batch_loss:
+        return False
+    if type(task).prepare is not ArrayClassificationTask.prepare:
+        return False
+    layers = list(model)
+    return (
+        len(layers) % 2 == 1
+        and all(isinstance(m, nn.Linear) and m.bias is not None for m in layers[::2])
+        and all(isinstance(m, nn.ReLU) for m in layers[1::2])
+        and task.x_train.dtype == torch.float32
+    )
+
+
+def _mlp_loss(
+    params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Mean cross-entropy of a Linear/ReLU MLP (``params`` = weight, bias, weight, ...).
+
+    Returns the loss, the layer inputs, the pre-activations and the log-probabilities.
+    """
+    weights, biases = params[0::2], params[1::2]
+    acts, pre = [x], []
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        z = torch.addmm(b, acts[-1], w.t())
+        pre.append(z)
+        if i < len(weights) - 1:
+            acts.append(torch.relu(z))
+    logp = torch.log_softmax(pre[-1], dim=1)
+    loss = -logp.gather(1, y.unsqueeze(1)).mean()
+    return loss, acts, pre, logp
+
+
+def _mlp_loss_and_grads(
+    params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, list[torch.Tensor]]:
+    """Loss and exact gradients of :func:`_mlp_loss` by the chain rule (no autograd graph).
+
+    ``dz_L = (softmax(z_L) - onehot(y)) / B``, ``dW_l = dz_l^T h_{l-1}``,
+    ``db_l = sum_batch dz_l``, ``dz_{l-1} = (dz_l W_l) * [z_{l-1} > 0]``.
+    """
+    loss, acts, pre, logp = _mlp_loss(params, x, y)
+    weights = params[0::2]
+    dz = logp.exp()
+    dz[torch.arange(len(y)), y] -= 1.0
+    dz.mul_(1.0 / len(y))
+    grads: list[torch.Tensor] = [torch.empty(0)] * len(params)
+    for i in range(len(weights) - 1, -1, -1):
+        grads[2 * i] = dz.t().mm(acts[i])
+        grads[2 * i + 1] = dz.sum(0)
+        if i:
+            dz = dz.mm(weights[i]).mul_(pre[i - 1] > 0)
+    return loss.item(), grads
 
 
 def _input_tensor(x: np.ndarray) -> torch.Tensor:
@@ -472,6 +547,7 @@ class ArrayClassificationTask(TorchTask):
                 )
         self.model = model
         self._setup()
+        self._plain_mlp = is_plain_mlp(self)
 
     def batches_per_epoch(self) -> float:
         """Return training-set size over minibatch size."""
@@ -484,7 +560,19 @@ class ArrayClassificationTask(TorchTask):
     def batch_loss(self, draws: torch.Tensor, t: int) -> torch.Tensor:
         """Cross-entropy of minibatch ``t``."""
         idx = draws[t]
+        if self._plain_mlp:
+            # read the layers' current tensors (functional_call may have swapped them)
+            params = [p for m in list(self.model)[::2] for p in (m.weight, m.bias)]
+            return _mlp_loss(params, self.x_train[idx], self.y_train[idx])[0]
         return F.cross_entropy(self.model(self.prepare(self.x_train[idx])), self.y_train[idx])
+
+    def loss_and_grads(self, draws: Any, t: int) -> tuple[float, list[torch.Tensor]]:
+        """Loss and gradients; Linear/ReLU models use hand-written backprop (~2x faster)."""
+        if not self._plain_mlp:
+            return super().loss_and_grads(draws, t)
+        idx = draws[t]
+        with torch.no_grad():
+            return _mlp_loss_and_grads(self.params, self.x_train[idx], self.y_train[idx])
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Turn stored inputs into model inputs (identity; ``uint8`` data override it)."""
