@@ -72,11 +72,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         interval=args.interval,
         family_seed=args.family_seed,
         tune_instances=args.tune_instances,
-        grid=DEFAULT_GRID,
+        grid=DEFAULT_GRID if args.grid is None else _grid(args.grid),
     )
     scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
     compare(spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress)
     return 0
+
+
+def _grid(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--grid must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--grid must hold at least one number, got {text!r}")
+    return values
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -271,10 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="constant,cosine,greedy,greedy-tuned,probe",
         help="comma-separated: NAME, NAME:key=value,key=value, learned:FILE, rules:FILE",
     )
-    p.add_argument("--budget", type=_positive_int, default=2000, help="main-line inner steps")
-    p.add_argument("--interval", type=_positive_int, default=50, help="inner steps per decision")
+    p.add_argument(
+        "--budget", type=_positive_int, help="main-line inner steps (default: the family's env)"
+    )
+    p.add_argument(
+        "--interval", type=_positive_int, help="inner steps per decision (default: the env's)"
+    )
     p.add_argument("--family-seed", type=int, default=0)
     p.add_argument("--tune-instances", type=_positive_int, default=10)
+    p.add_argument(
+        "--grid",
+        help="tuning grid: comma-separated multiples of the reference LR "
+        "(default: 21 half-octaves from 1/32 to 32)",
+    )
     p.add_argument("--jobs", type=_positive_int, default=2, help="processes (default: 2)")
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--no-progress", action="store_true")

@@ -16,6 +16,10 @@ Fair baselines:
 * ``greedy`` is GreedyLR with its defaults, except that its absolute ``min_lr``/``max_lr``
   become the LR range the agent has: ``env lr_range × reference LR``.
 
+Budget and decision interval default to those of each family's registered env (so NMF,
+MNIST-1D and the char-LM each run at their own scale); ``budget=``/``interval=`` override
+them for every family.
+
 Everything is cached in the output directory: one JSON file per finished run (written
 atomically), so an interrupted comparison resumes where it stopped, and adding a scheduler
 to a finished comparison runs only the new cells. ``compare.json`` records the settings;
@@ -145,13 +149,18 @@ def split_schedulers(text: str) -> list[str]:
     return out
 
 
-def _with_bounds(name: str, kwargs: dict[str, Any], lr_ref: float) -> dict[str, Any]:
+def _with_bounds(
+    name: str,
+    kwargs: dict[str, Any],
+    lr_ref: float,
+    lr_range: Sequence[float] = AGENT_LR_RANGE,
+) -> dict[str, Any]:
     """GreedyLR's absolute LR bounds default to the agent's range around ``lr_ref``."""
     if name != "greedy":
         return dict(kwargs)
     out = dict(kwargs)
-    out.setdefault("min_lr", AGENT_LR_RANGE[0] * lr_ref)
-    out.setdefault("max_lr", AGENT_LR_RANGE[1] * lr_ref)
+    out.setdefault("min_lr", lr_range[0] * lr_ref)
+    out.setdefault("max_lr", lr_range[1] * lr_ref)
     return out
 
 
@@ -164,8 +173,8 @@ class CompareSpec:
         split: the evaluated split (``test`` or ``shift``; ``train`` is for tuning).
         n_instances: instances per family.
         seeds: seeds per instance (run seeds differ per instance and seed).
-        budget: main-line inner steps per run.
-        interval: inner steps per decision.
+        budget: main-line inner steps per run (default: each family's env budget).
+        interval: inner steps per decision (default: each family's env interval).
         family_seed: seed of the task families.
         tune_instances: ``train`` instances used to tune the LR of the tuned baselines.
         grid: tuning grid, as multiples of the reference LR.
@@ -176,8 +185,8 @@ class CompareSpec:
     split: str = "test"
     n_instances: int = 50
     seeds: int = 1
-    budget: int = 2000
-    interval: int = 50
+    budget: int | None = None
+    interval: int | None = None
     family_seed: int = 0
     tune_instances: int = 10
     grid: tuple[float, ...] = DEFAULT_GRID
@@ -192,14 +201,29 @@ class CompareSpec:
         check_split(self.split)
         for name in ("n_instances", "seeds", "budget", "interval", "tune_instances"):
             value = getattr(self, name)
+            if value is None and name in ("budget", "interval"):
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.interval > self.budget:
-            raise ConfigError(f"interval {self.interval} exceeds the budget {self.budget}")
+        for fam in self.families:
+            budget, interval, _ = self.scale(fam)
+            if interval > budget:
+                raise ConfigError(f"interval {interval} exceeds the budget {budget} ({fam})")
         if not self.grid or any(not (g > 0 and math.isfinite(g)) for g in self.grid):
             raise ConfigError(f"grid must hold positive LR multiples, got {self.grid!r}")
         if self.clip not in CLIP_MODES:
             raise ConfigError(f"clip must be one of {CLIP_MODES}, got {self.clip!r}")
+
+    def scale(self, family: str) -> tuple[int, int, tuple[float, float]]:
+        """Return ``(budget, interval, agent LR range)`` of the runs on ``family``."""
+        from metasched.envs.registration import env_defaults
+
+        budget, interval, lr_range = env_defaults(family)
+        if self.budget is not None:
+            budget = self.budget
+        if self.interval is not None:
+            interval = self.interval
+        return budget, interval, lr_range
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -226,6 +250,7 @@ class Cell:
     interval: int
     clip: str
     kappa: float
+    lr_range: tuple[float, float] = AGENT_LR_RANGE
 
     def key(self) -> dict[str, Any]:
         """Return what identifies the run (stored with its result, checked on resume)."""
@@ -264,7 +289,7 @@ def _family(name: str, seed: int) -> TaskFamily:
 
 
 def _scheduler(cell: Cell, lr_ref: float) -> Scheduler:
-    kwargs = _with_bounds(cell.name, cell.kwargs, lr_ref)
+    kwargs = _with_bounds(cell.name, cell.kwargs, lr_ref, cell.lr_range)
     if cell.name in _PATH_SCHEDULERS:  # load each policy file once per process
         key = json.dumps([cell.name, kwargs], sort_keys=True)
         if key not in _PROTOTYPES:
@@ -372,8 +397,9 @@ def _final(res: dict[str, Any]) -> float:
     return math.inf if t["diverged"] or t["final_loss"] is None else float(t["final_loss"])
 
 
-def _run_args(spec: CompareSpec) -> tuple[int, int, str, float]:
-    return (spec.budget, spec.interval, spec.clip, spec.kappa)
+def _run_args(spec: CompareSpec, family: str) -> tuple[Any, ...]:
+    budget, interval, lr_range = spec.scale(family)
+    return (budget, interval, spec.clip, spec.kappa, tuple(float(x) for x in lr_range))
 
 
 def tune(
@@ -387,7 +413,7 @@ def tune(
     """Grid-search the LR multiple of each tuned label on ``train``; per family and label."""
     labels = [lb for lb in labels if lb in TUNED]
     cells = [
-        Cell(fam, spec.family_seed, "train", i, 0, lb, TUNED[lb], {}, m, *_run_args(spec))
+        Cell(fam, spec.family_seed, "train", i, 0, lb, TUNED[lb], {}, m, *_run_args(spec, fam))
         for fam in spec.families
         for lb in labels
         for m in spec.grid
@@ -483,7 +509,7 @@ def compare(
                     cells.append(
                         Cell(
                             fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
-                            s.kwargs, mult, *_run_args(spec),
+                            s.kwargs, mult, *_run_args(spec, fam),
                         )
                     )
     log(
@@ -519,7 +545,8 @@ def _progress_bar(enabled: bool) -> Callable[[str], Callable[[int, int], None] |
 
 
 RESULT_COLUMNS = (
-    "family", "split", "task", "instance", "seed", "scheduler", "tuned_multiple", "lr_ref",
+    "family", "split", "task", "instance", "seed", "scheduler", "budget", "interval",
+    "tuned_multiple", "lr_ref",
     "final_loss", "best_loss", "auc_log_loss", "steps_to_target", "equal_compute_loss",
     "compute", "wall_time", "diverged", "extra_steps", "clip_count",
 )  # fmt: skip
@@ -582,6 +609,8 @@ def write_tables(results: Sequence[dict[str, Any]], root: Path, spec: CompareSpe
                     "instance": c["index"],
                     "seed": c["seed"],
                     "scheduler": c["label"],
+                    "budget": t["budget"],
+                    "interval": t["interval"],
                     "tuned_multiple": "" if c["multiple"] is None else c["multiple"],
                     "lr_ref": r["lr_ref"],
                     **m.to_dict(),

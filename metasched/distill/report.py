@@ -58,9 +58,10 @@ def _aligned(groups: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str
     return {k: [r for r in g if (r["instance"], r["seed"]) in common] for k, g in groups.items()}
 
 
-def summarise(rows: Sequence[dict[str, Any]], family: str, budget: int) -> list[dict[str, Any]]:
+def summarise(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any]]:
     """One summary row per scheduler on ``family`` (see ``SUMMARY_COLUMNS``)."""
     groups = _aligned(_by(rows, family))
+    budget = next(iter(groups.values()))[0]["budget"]
     finals = {k: _col(g, "final_loss") for k, g in groups.items()}
     _, strict = win_rates(finals) if "constant" in finals else ({}, {})
     out = []
@@ -164,7 +165,8 @@ def write_report(
     spec = settings["spec"]
     tuning = json.loads((root / "tuning.json").read_text(encoding="utf-8"))
     families = sorted({r["family"] for r in rows})
-    summary = [s for fam in families for s in summarise(rows, fam, spec["budget"])]
+    summary = [s for fam in families for s in summarise(rows, fam)]
+    scale = {r["family"]: (int(r["budget"]), int(r["interval"])) for r in rows}
     with open(root / ".summary.csv.tmp", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
@@ -176,10 +178,10 @@ def write_report(
         "# metasched comparison",
         "",
         f"Split `{spec['split']}`, {spec['n_instances']} instance(s) per family × "
-        f"{spec['seeds']} seed(s); every run trains {spec['budget']} main-line inner steps, "
-        f"one LR decision every {spec['interval']} steps, clipping `{spec['clip']}` at "
-        f"κ = {spec['kappa']:g}. Losses are the validation loss (full-data loss on tasks "
-        "without a held-out set) at the end of the run; diverged runs count as ∞. "
+        f"{spec['seeds']} seed(s); every run on a family trains the same main-line "
+        f"inner-step budget (below), clipping `{spec['clip']}` at κ = {spec['kappa']:g}. "
+        "Losses are the validation loss (full-data loss on tasks without a held-out set) at "
+        "the end of the run; diverged runs count as ∞. "
         f"CIs are percentile-bootstrap 95%. A *strict* win is better by more than "
         f"{STRICT_MARGIN:.1%} relative.",
         "",
@@ -200,6 +202,9 @@ def write_report(
         lines += [
             "",
             f"## {fam}",
+            "",
+            f"{scale[fam][0]} main-line inner steps per run, one LR decision every "
+            f"{scale[fam][1]} steps.",
             "",
             "### Equal main-line steps",
             "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
-__all__ = ["ENV_IDS", "register_envs"]
+__all__ = ["ENV_IDS", "env_defaults", "register_envs"]
 
 _ENTRY = "metasched.envs.lr_control:LRControlEnv"
 #: LR range of the neural-network envs, as multiples of the family's reference LR.
@@ -48,6 +48,22 @@ for _spec in _SPECS[1:]:
     _spec["kwargs"].setdefault("lr_range", _NN_LR_RANGE)
 
 ENV_IDS: tuple[str, ...] = tuple(spec["id"] for spec in _SPECS)
+
+
+def env_defaults(family: str) -> tuple[int, int, tuple[float, float]]:
+    """Return ``(budget, decision interval, LR range)`` of the registered env of ``family``.
+
+    Families without an env of their own get ``LRControlEnv``'s defaults.
+    """
+    budget, interval, lr_range = 2000, 50, (1e-3, 64.0)
+    for spec in _SPECS:
+        kw = spec["kwargs"]
+        if kw["family"] == family:
+            budget = int(kw.get("budget", budget))
+            interval = int(kw.get("steps_per_action", interval))
+            lo, hi = kw.get("lr_range", lr_range)
+            lr_range = (float(lo), float(hi))
+    return budget, interval, lr_range
 
 
 def register_envs() -> None:
