@@ -43,6 +43,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_env.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_torch_tasks.py
+	$(PY) benchmarks/bench_multicopy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -633,7 +633,14 @@ def read_results(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise ConfigError(f"no comparison results in {os.fspath(root)!r} (results.csv missing)")
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
+        reader = csv.DictReader(fh)
+        missing = [k for k in RESULT_COLUMNS if k not in (reader.fieldnames or ())]
+        if missing:
+            raise ConfigError(
+                f"{os.fspath(path)!r} lacks the columns {missing} (written by another metasched "
+                "version): run the same metasched compare again to rewrite it"
+            )
+        for row in reader:
             rec: dict[str, Any] = dict(row)
             for k in RESULT_COLUMNS:
                 if k in ("family", "split", "task", "scheduler"):

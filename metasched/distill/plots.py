@@ -63,9 +63,13 @@ def read_curves(
     return {k: {n: np.asarray(v) for n, v in c.items()} for k, c in curves.items()}
 
 
-def _colors(names: Sequence[str]) -> dict[str, object]:
-    cmap = _plt().get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+def _styles(names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """Distinct line styles: ten colours, then the same colours dashed, then dotted."""
+    cmap = _plt().get_cmap("tab10")
+    dashes = ("-", "--", ":")
+    return {
+        n: {"color": cmap(i % 10), "ls": dashes[(i // 10) % 3]} for i, n in enumerate(names)
+    }
 
 
 def plot_schedules(
@@ -74,15 +78,19 @@ def plot_schedules(
     """LR schedule (left) and loss curve (right) of every scheduler on one problem."""
     plt = _plt()
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.2))
-    colors = _colors(list(curves))
+    styles = _styles(list(curves))
+    top = 0.0
     for name, c in curves.items():
         step, lr, loss = c["step"], c["lr"], c["loss"]
         # the LR applied during interval i is drawn over [step_{i-1}, step_i]
         if len(step) > 1:
-            ax_lr.step(step[1:], lr[1:], where="pre", label=name, color=colors[name], lw=1.5)
+            ax_lr.step(step[1:], lr[1:], where="pre", label=name, lw=1.5, **styles[name])
+            top = max(top, float(np.nanmax(lr[1:])) if np.isfinite(lr[1:]).any() else 0.0)
         ok = np.isfinite(loss) & (loss > 0)
-        ax_loss.plot(step[ok], loss[ok], label=name, color=colors[name], lw=1.5)
+        ax_loss.plot(step[ok], loss[ok], label=name, lw=1.5, **styles[name])
     ax_lr.set(xlabel="inner step", ylabel="applied learning rate", yscale="log")
+    if top > 0:  # keep six decades: a collapsed LR should not squash the others
+        ax_lr.set_ylim(bottom=max(ax_lr.get_ylim()[0], top * 1e-6))
     ax_lr.set_title("learning-rate schedule")
     ax_loss.set(xlabel="inner step", ylabel="loss (validation / full data)", yscale="log")
     ax_loss.set_title("loss")
@@ -125,9 +133,9 @@ def plot_profile(
     """Plot the performance profile: fraction of problems within a factor tau of the best."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = _colors(list(profile))
+    styles = _styles(list(profile))
     for name, frac in profile.items():
-        ax.step(taus, frac, where="post", label=name, color=colors[name], lw=1.6)
+        ax.step(taus, frac, where="post", label=name, lw=1.6, **styles[name])
     ax.set(
         xlabel="tau: final loss within this factor of the best scheduler's",
         ylabel="fraction of problems",

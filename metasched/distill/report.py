@@ -114,6 +114,22 @@ def _pct(x: float) -> str:
     return "–" if x is None or math.isnan(x) else f"{x:.0%}"
 
 
+#: Search-based schedulers, drawn apart when there are many schedulers.
+SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
+
+
+def _schedule_groups(names: list[str]) -> list[tuple[str, list[str]]]:
+    """Split a crowded schedules plot: the search schedulers get one of their own."""
+    if len(names) <= 8:
+        return [("", names)]
+    search = [n for n in names if n.split(":")[0] in SEARCH]
+    rest = [n for n in names if n not in search]
+    if not search:
+        return [("", names)]
+    refs = [n for n in ("constant", "cosine") if n in names]
+    return [("", rest), ("-search", refs + search)]
+
+
 def write_plots(
     root: Path, rows: Sequence[dict[str, Any]], instances: Sequence[int] = (0, 1)
 ) -> dict[str, list[str]]:
@@ -145,9 +161,11 @@ def write_plots(
             if key not in tasks:
                 continue
             curves = plots.read_curves(root / "runs.csv", fam, inst, 0)
-            stem = root / "plots" / f"{fam}-schedules-{inst}"
-            plots.plot_schedules(curves, f"{tasks[key]} (seed 0)", stem)
-            names.append(f"plots/{stem.name}.png")
+            for suffix, group in _schedule_groups(list(curves)):
+                stem = root / "plots" / f"{fam}-schedules{suffix}-{inst}"
+                sub = {k: curves[k] for k in group}
+                plots.plot_schedules(sub, f"{tasks[key]} (seed 0)", stem)
+                names.append(f"plots/{stem.name}.png")
         out[fam] = names
     return out
 
