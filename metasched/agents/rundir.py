@@ -62,7 +62,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -103,12 +103,16 @@ def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Pa
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:
-    """Delete half-written temporaries a killed run left behind."""
+    """Delete half-written temporaries (files and directories) a killed run left behind."""
     for parent in (Path(run_dir), Path(run_dir) / "checkpoints"):
         if parent.is_dir():
             for p in parent.iterdir():
-                if p.name.startswith((".tmp-", ".old-")):
+                if not p.name.startswith((".tmp-", ".old-")):
+                    continue
+                if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
