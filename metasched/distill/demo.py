@@ -45,7 +45,7 @@ class DemoSettings:
     def make(cls, quick: bool) -> DemoSettings:
         """Return the full (about 6 minutes on 2 idle cores) or quick (about 1 minute) settings."""
         if quick:
-            return cls(16_384, 8_192, 10, 4, 6, 6)
+            return cls(12_288, 6_144, 8, 3, 5, 5)
         return cls(200_000, 20_000, 50, 10, 20, 20)
 
 
