@@ -124,7 +124,7 @@ def parse_scheduler(text: str) -> SchedulerSpec:
             if not eq or not key:
                 raise ConfigError(f"expected key=value in scheduler {text!r}, got {item!r}")
             kwargs[key.strip()] = _parse_value(value)
-    registry_name = TUNED.get(name, name) if name == "greedy-tuned" else name
+    registry_name = TUNED.get(name, name)  # greedy-tuned runs greedy
     make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))  # validates
     return SchedulerSpec(text, registry_name, kwargs)
 
@@ -472,21 +472,17 @@ def compare(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = root / "compare.json"
+    old: dict[str, Any] = {}
     if settings.exists():
         try:
             old = json.loads(settings.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            old = None
-        if old is not None and old.get("spec") != json.loads(json.dumps(spec.to_json())):
+            old = {}  # torn by a crash outside the atomic write: rewritten below
+        if old and old.get("spec") != json.loads(json.dumps(spec.to_json())):
             raise ConfigError(
                 f"{root} holds a comparison with other settings; use another --out"
             )
-    known = {}
-    if settings.exists():
-        try:
-            known = json.loads(settings.read_text(encoding="utf-8")).get("schedulers", {})
-        except (OSError, json.JSONDecodeError):
-            known = {}
+    known = dict(old.get("schedulers", {}))
     known.update({s.label: {"name": s.name, "kwargs": s.kwargs} for s in schedulers})
     _write_atomic(settings, json.dumps({"spec": spec.to_json(), "schedulers": known}, indent=2))
 

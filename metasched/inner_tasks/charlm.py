@@ -46,6 +46,7 @@ from metasched.inner_tasks.torch_task import (
     check_fraction,
     check_nonneg_float,
     check_positive_int,
+    check_search_space,
     choice,
 )
 
@@ -312,21 +313,15 @@ class CharLMFamily(TaskFamily):
         reference_lr: float = CHARLM_REFERENCE_LR,
     ) -> None:
         super().__init__(seed)
-        for key, opts in (("contexts", contexts), ("batch_sizes", batch_sizes), ("heads", heads)):
-            if not opts:
-                raise ValueError(f"{key} must not be empty, got {opts!r}")
-            for o in opts:
-                check_positive_int(key, o)
+        self.reference_lr = check_search_space(
+            reference_lr=reference_lr,
+            choices={"contexts": contexts, "batch_sizes": batch_sizes, "heads": heads},
+            momenta=momenta,
+            ranges={"init_scale": init_scale},
+        )
         for h in heads:
             if 64 % h:
                 raise ValueError(f"heads must divide d_model=64, got {h}")
-        for m in momenta:
-            check_fraction("momenta", m)
-        if not 0 <= init_scale[0] <= init_scale[1]:
-            raise ValueError(f"init_scale range must have 0 <= low <= high, got {init_scale}")
-        if not (math.isfinite(reference_lr) and reference_lr > 0):
-            raise ValueError(f"reference_lr must be positive and finite, got {reference_lr!r}")
-        self.reference_lr = float(reference_lr)
         base = {
             "contexts": tuple(contexts),
             "batch_sizes": tuple(batch_sizes),

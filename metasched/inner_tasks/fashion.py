@@ -42,6 +42,7 @@ from metasched.inner_tasks.torch_task import (
     check_fraction,
     check_nonneg_float,
     check_positive_int,
+    check_search_space,
     choice,
     flip_labels,
 )
@@ -293,26 +294,13 @@ class FashionFamily(TaskFamily):
         reference_lr: float = FASHION_REFERENCE_LR,
     ) -> None:
         super().__init__(seed)
-        for key, opts in (
-            ("channels", channels),
-            ("batch_sizes", batch_sizes),
-            ("train_sizes", train_sizes),
-        ):
-            if not opts:
-                raise ValueError(f"{key} must not be empty, got {opts!r}")
-            for o in opts:
-                check_positive_int(key, o)
+        self.reference_lr = check_search_space(
+            reference_lr=reference_lr,
+            choices={"channels": channels, "batch_sizes": batch_sizes, "train_sizes": train_sizes},
+            momenta=momenta,
+            ranges={"init_scale": init_scale, "label_noise": label_noise},
+        )
         check_positive_int("val_size", val_size)
-        for m in momenta:
-            check_fraction("momenta", m)
-        for key, (lo, hi) in (("init_scale", init_scale), ("label_noise", label_noise)):
-            if not 0 <= lo <= hi:
-                raise ValueError(f"{key} range must have 0 <= low <= high, got {(lo, hi)}")
-        if label_noise[1] > 1:
-            raise ValueError(f"label_noise must lie in [0, 1], got {label_noise!r}")
-        if not (math.isfinite(reference_lr) and reference_lr > 0):
-            raise ValueError(f"reference_lr must be positive and finite, got {reference_lr!r}")
-        self.reference_lr = float(reference_lr)
         self.val_size = int(val_size)
         base = {
             "channels": tuple(channels),

@@ -21,7 +21,6 @@ Threads: each task trains with one torch thread (``num_threads=1``); see
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,7 @@ from metasched.inner_tasks.torch_task import (
     check_fraction,
     check_nonneg_float,
     check_positive_int,
+    check_search_space,
     choice,
     flip_labels,
 )
@@ -206,21 +206,12 @@ class MLPFamily(TaskFamily):
         reference_lr: float = MLP_REFERENCE_LR,
     ) -> None:
         super().__init__(seed)
-        for key, opts in (("widths", widths), ("depths", depths), ("batch_sizes", batch_sizes)):
-            if not opts:
-                raise ValueError(f"{key} must not be empty, got {opts!r}")
-            for o in opts:
-                check_positive_int(key, o)
-        for m in momenta:
-            check_fraction("momenta", m)
-        for key, (lo, hi) in (("init_scale", init_scale), ("label_noise", label_noise)):
-            if not 0 <= lo <= hi:
-                raise ValueError(f"{key} range must have 0 <= low <= high, got {(lo, hi)}")
-        if label_noise[1] > 1:
-            raise ValueError(f"label_noise must lie in [0, 1], got {label_noise!r}")
-        if not (math.isfinite(reference_lr) and reference_lr > 0):
-            raise ValueError(f"reference_lr must be positive and finite, got {reference_lr!r}")
-        self.reference_lr = float(reference_lr)
+        self.reference_lr = check_search_space(
+            reference_lr=reference_lr,
+            choices={"widths": widths, "depths": depths, "batch_sizes": batch_sizes},
+            momenta=momenta,
+            ranges={"init_scale": init_scale, "label_noise": label_noise},
+        )
         base = {
             "widths": tuple(widths),
             "depths": tuple(depths),

@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from metasched.inner_tasks.torch_task import (
     check_fraction,
     check_nonneg_float,
     check_positive_int,
+    check_search_space,
     choice,
     flip_labels,
 )
@@ -389,22 +389,15 @@ class MNIST1DFamily(TaskFamily):
         for a in archs:
             if not widths.get(a):
                 raise ValueError(f"widths must give choices for arch {a!r}, got {widths!r}")
-        for b in batch_sizes:
-            check_positive_int("batch_sizes", b)
+        self.reference_lr = check_search_space(
+            reference_lr=reference_lr,
+            choices={"batch_sizes": batch_sizes, "train_sizes": train_sizes},
+            momenta=momenta,
+            ranges={"init_scale": init_scale, "label_noise": label_noise},
+        )
         for t in train_sizes:
-            check_positive_int("train_sizes", t)
             if t > 4000:
                 raise ValueError(f"train_sizes must be <= 4000, got {t}")
-        for m in momenta:
-            check_fraction("momenta", m)
-        for key, (lo, hi) in (("init_scale", init_scale), ("label_noise", label_noise)):
-            if not 0 <= lo <= hi:
-                raise ValueError(f"{key} range must have 0 <= low <= high, got {(lo, hi)}")
-        if label_noise[1] > 1:
-            raise ValueError(f"label_noise must lie in [0, 1], got {label_noise!r}")
-        if not (math.isfinite(reference_lr) and reference_lr > 0):
-            raise ValueError(f"reference_lr must be positive and finite, got {reference_lr!r}")
-        self.reference_lr = float(reference_lr)
         base = {
             "archs": tuple(archs),
             "widths": {a: tuple(widths[a]) for a in archs},

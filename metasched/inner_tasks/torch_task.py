@@ -43,7 +43,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "check_fraction",
     "check_nonneg_float",
     "check_positive_int",
+    "check_search_space",
     "choice",
     "flip_labels",
     "is_plain_mlp",
@@ -94,6 +95,38 @@ def check_fraction(name: str, value: Any, *, one_ok: bool = False) -> float:
         bound = "[0, 1]" if one_ok else "[0, 1)"
         raise ValueError(f"{name} must lie in {bound}, got {value!r}")
     return v
+
+
+
+def check_search_space(
+    *,
+    reference_lr: float,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    momenta: Sequence[float] = (),
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> float:
+    """Validate a task family's search space; return ``reference_lr`` as a float.
+
+    ``choices``: non-empty option lists of positive integers (widths, batch sizes, ...);
+    ``momenta``: each in ``[0, 1)``; ``ranges``: ``(low, high)`` pairs with
+    ``0 <= low <= high`` (a ``label_noise`` range must also end at most at 1). Every error is
+    a ``ValueError`` naming the argument and its value.
+    """
+    for key, opts in (choices or {}).items():
+        if not opts:
+            raise ValueError(f"{key} must not be empty, got {opts!r}")
+        for o in opts:
+            check_positive_int(key, o)
+    for m in momenta:
+        check_fraction("momenta", m)
+    for key, (lo, hi) in (ranges or {}).items():
+        if not 0 <= lo <= hi:
+            raise ValueError(f"{key} range must have 0 <= low <= high, got {(lo, hi)}")
+        if key == "label_noise" and hi > 1:
+            raise ValueError(f"label_noise must lie in [0, 1], got {(lo, hi)!r}")
+    if not (math.isfinite(reference_lr) and reference_lr > 0):
+        raise ValueError(f"reference_lr must be positive and finite, got {reference_lr!r}")
+    return float(reference_lr)
 
 
 def choice(rng: np.random.Generator, options: tuple[Any, ...]) -> Any:
