@@ -69,7 +69,8 @@ class GreedyLR(Scheduler):
     ``cooldown`` steps. During a pause both streak counters are held at zero. Once every group
     sits at its ``min_lr``, each further decrease counts down a restart counter; when
     ``reset_start`` such decreases have happened without an increase in between, the whole
-    state (LRs, best metric, counters, smoothing window) returns to its initial values.
+    state (LRs, best metric, counters, smoothing window) returns to its initial values; the
+    decrease that triggered the restart still starts its ``cooldown`` pause afterwards.
 
     The rules, option names and defaults follow the semantics of the ``GreedyLR`` scheduler
     of Hugging Face transformers. Groups start at their base LRs, which are not clamped into
@@ -291,14 +292,16 @@ class GreedyLR(Scheduler):
                 self.reset_counter = self.reset_start
             elif self.num_bad > self.patience:
                 self._decrease()
-                self.cooldown_counter = self.cooldown
-                self.num_bad = 0
                 at_floor = all(lr <= lo for lr, lo in zip(self._lrs, self._min_lrs, strict=True))
                 if at_floor:
                     self.reset_counter -= 1
                     if self.reset_counter <= 0:
                         self._lrs = list(self._initial_lrs)
                         self._restart()
+                # Set after a restart too, as in the reference: the restarted scheduler
+                # holds for ``cooldown`` steps before it evaluates again.
+                self.cooldown_counter = self.cooldown
+                self.num_bad = 0
         return self._lrs[0]
 
     def bounds(self, base_lr: float) -> tuple[float, float]:

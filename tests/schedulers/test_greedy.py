@@ -316,22 +316,41 @@ def test_auto_reset_restores_initial_state():
     assert run(s, [2.0]) == [0.05]  # at min: counter 2 -> 1
     assert state(s)["reset_counter"] == 1 and state(s)["cooldown_counter"] == 1
     assert run(s, [2.0]) == [0.05]  # cooldown
-    assert run(s, [2.0]) == [0.1]  # counter 1 -> 0: restart
+    assert run(s, [2.0]) == [0.1]  # counter 1 -> 0: restart, then the decrease's cooldown
     st1 = state(s)
     assert st1 == {
         "best": "inf",
         "num_good": 0,
         "num_bad": 0,
-        "cooldown_counter": 0,
+        "cooldown_counter": 1,
         "warmup_counter": 0,
         "reset_counter": 2,
         "lrs": [0.1],
         "initial_lrs": [0.1],
         "window": [],
     }
+    assert run(s, [0.5]) == [0.1]  # held by the cooldown: not evaluated
+    assert state(s)["best"] == "inf"
     # best was reset: 1.5 (worse than the old best 1.0) is an improvement now.
     run(s, [1.5])
     assert state(s)["best"] == 1.5
+
+
+def test_restart_keeps_the_cooldown_of_the_triggering_decrease():
+    # Issue 12, item 13: with cooldown > 0 and patience 0 the reference (Hugging Face
+    # transformers' GreedyLR) sets cooldown_counter = cooldown after the restart, so the
+    # first step after it is held at the initial LR 0.1; evaluating at once would count
+    # any finite loss as an improvement over best = inf and raise the LR to 0.2.
+    s = GreedyLR(patience=0, factor=0.5, min_lr=0.05, max_lr=1.0, reset_start=1, cooldown=2)
+    s.reset(0.1)
+    assert run(s, [1.0]) == [0.2]  # improvement over inf: increase
+    assert run(s, [2.0]) == [0.1]  # bad: decrease, cooldown 2
+    assert run(s, [2.0, 2.0]) == [0.1, 0.1]  # cooldown
+    assert run(s, [2.0]) == [0.1]  # bad: 0.05 is the floor -> restart to the initial 0.1
+    assert state(s)["cooldown_counter"] == 2
+    assert run(s, [1.0]) == [0.1]  # the reference holds 0.1 here (was 0.2)
+    assert run(s, [1.0]) == [0.1]
+    assert run(s, [1.0]) == [0.2]  # cooldown over: evaluated, improvement over inf
 
 
 def test_auto_reset_empties_window_and_restores_all_groups():
@@ -634,7 +653,8 @@ def reference_lrs(losses, base, *, factor, patience, cooldown, warmup, threshold
                     countdown -= 1
                     if countdown <= 0:
                         lr, best = base, INF
-                        good = bad = hold_cd = hold_wu = 0
+                        good = bad = hold_wu = 0
+                        hold_cd = cooldown  # the triggering decrease still cools down
                         countdown = reset_start
         out.append(lr)
     return out
