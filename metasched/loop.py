@@ -51,7 +51,8 @@ class Driver:
             :meth:`~InnerTask.lr_bound`), ``"noise_aware"`` (the task's ``noise_aware_bound``,
             which shrinks near a stationary point) or ``"none"``. Tasks without a bound are
             never clipped.
-        kappa: the LR is capped at ``kappa * bound``.
+        kappa: the LR is capped at ``kappa * bound`` (default :data:`DEFAULT_KAPPA`, the
+            env's, runner's and comparison's default too).
         measure_val: evaluate the validation loss after every interval; by default only
             tasks with a held-out set do (on others it would re-measure the training data).
 
@@ -73,8 +74,8 @@ class Driver:
         budget: int,
         interval: int,
         *,
-        clip: ClipMode = "deterministic",
-        kappa: float = 1.0,
+        clip: ClipMode = DEFAULT_CLIP,
+        kappa: float = DEFAULT_KAPPA,
         measure_val: bool | None = None,
     ) -> None:
         if not isinstance(budget, int | np.integer) or budget < 1:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metasched.inner_tasks.base import InnerTask, TaskFamily
-from metasched.loop import ClipMode
+from metasched.loop import DEFAULT_KAPPA, ClipMode
 from metasched.schedulers import make_scheduler, run_schedule
 
 __all__ = ["SchedulingCheck", "constant_vs_cosine", "run_open_loop"]
@@ -31,7 +31,7 @@ def run_open_loop(
     interval: int,
     seed: int,
     clip: ClipMode = "deterministic",
-    kappa: float = 2.0,
+    kappa: float = DEFAULT_KAPPA,
 ) -> float:
     """Train ``task`` with a ``constant`` or ``cosine`` schedule; return the final full loss.
 
@@ -97,7 +97,7 @@ def constant_vs_cosine(
     interval: int = 50,
     grid: Sequence[float] = DEFAULT_GRID,
     clip: ClipMode = "deterministic",
-    kappa: float = 2.0,
+    kappa: float = DEFAULT_KAPPA,
 ) -> SchedulingCheck:
     """Tune constant and cosine LRs on ``train`` instances and compare them on ``test``."""
     if n_train < 1 or n_test < 1:

@@ -51,6 +51,7 @@ from metasched.inner_tasks.nmf_batched import (
     box_cost,
     shape_classes,
 )
+from metasched.loop import DEFAULT_KAPPA
 
 __all__ = ["BatchedNMFVecEnv"]
 
@@ -214,7 +215,7 @@ class BatchedNMFVecEnv(VecEnv):
         budget: int = 2000,
         steps_per_action: int = 50,
         clip: str = "deterministic",
-        kappa: float = 2.0,
+        kappa: float = DEFAULT_KAPPA,
         lr_range: tuple[float, float] = (1e-3, 64.0),
         init_lr: float = 1.0,
         reward: str = "log_improvement",
