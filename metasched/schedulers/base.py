@@ -119,8 +119,16 @@ class Scheduler(abc.ABC):
     name: ClassVar[str] = ""
     #: ``step`` reads the loss of the signal (GreedyLR, learned policies).
     needs_loss: ClassVar[bool] = False
-    #: The schedule is placed relative to the run's budget (``signal.budget``).
-    needs_budget: ClassVar[bool] = False
+    #: The schedule is placed relative to the run's length (``signal.budget``), so a plain
+    #: training loop must say how long the run is (``TorchLRScheduler(total_steps=...)``).
+    #: A schedule declares it as a class attribute; one whose need depends on its options
+    #: (lengths as fractions of the run or as step counts) sets it per instance in
+    #: ``__init__``. With it False, the scheduler also works when the budget is unknown
+    #: (``signal.budget == 0``).
+    needs_budget: bool = False
+    #: How to configure the schedule so that it needs no run length (named in the error a
+    #: plain loop without ``total_steps`` gets); empty when there is no such configuration.
+    budget_free_hint: ClassVar[str] = ""
     #: The scheduler trains the inner task itself (forks it); run it with the runner.
     drives_training: ClassVar[bool] = False
     #: The LR is a fixed function of the step: :meth:`lr_at` gives it in closed form.

@@ -19,6 +19,13 @@ of the budget in (0, 1), rounded to the nearest step but at least 1, or an int n
 steps >= 1 (``warmup`` also accepts 0). Past the budget (``t > T``) budget-relative decays
 keep their final value and periodic schedules (cyclic, sgdr) keep cycling.
 
+A schedule configured only in step counts does not need the budget at all, like torch's
+``StepLR``/``MultiStepLR``, ``ExponentialLR`` and ``CyclicLR``: ``constant``, ``step`` with
+int ``milestones``, ``exponential`` with ``gamma``, ``cyclic`` with an int ``half_cycle`` and
+``sgdr`` with an int ``first_cycle``. Their :attr:`~Scheduler.needs_budget` is False and
+they accept ``signal.budget == 0`` (budget unknown: a plain torch loop without
+``total_steps``). Every other configuration has ``needs_budget`` True.
+
 Example:
     >>> from metasched.schedulers.classic import StepSchedule
     >>> sched = StepSchedule(milestones=(0.5, 0.75), gamma=0.1)
@@ -189,9 +196,15 @@ class _OpenLoopSchedule(Scheduler):
         return self._clip(self._lr0(base_lr), base_lr)
 
     def _step(self, signal: TrainingSignal) -> float:
-        T = _check_index("signal.budget", signal.budget, minimum=1)
+        if signal.budget == 0 and not self.needs_budget:
+            # Budget unknown, and not needed: every length option is a step count, which
+            # resolves without it (the value passed below is never read).
+            T = 0
+        else:
+            T = _check_index("signal.budget", signal.budget, minimum=1)
         if self._budget is None:
-            self._validate_budget(T)
+            if T:
+                self._validate_budget(T)
             self._budget = T
         elif T != self._budget:
             raise ValueError(
@@ -288,7 +301,7 @@ class StepSchedule(_OpenLoopSchedule):
     """
 
     name = "step"
-    needs_budget = True
+    budget_free_hint = "milestones as int step counts"
 
     def __init__(
         self, *, milestones: Iterable[int | float] = (0.5, 0.75), gamma: float = 0.1
@@ -307,6 +320,7 @@ class StepSchedule(_OpenLoopSchedule):
                 raise ValueError(f"milestones must be strictly increasing, got {given!r}")
         self._milestones = ms
         self._gamma = _check_fraction("gamma", gamma, zero_ok=False, one_ok=True)
+        self.needs_budget = any(isinstance(m, float) for m in ms)
         self._set_config(milestones=list(ms), gamma=self._gamma)
 
     def _resolved(self, budget: int) -> list[int]:
@@ -364,7 +378,7 @@ class ExponentialSchedule(_OpenLoopSchedule):
     """
 
     name = "exponential"
-    needs_budget = True
+    budget_free_hint = "gamma=<decay per step> instead of final_ratio"
 
     def __init__(self, *, final_ratio: float | None = None, gamma: float | None = None) -> None:
         super().__init__()
@@ -380,6 +394,7 @@ class ExponentialSchedule(_OpenLoopSchedule):
             self._final = _check_fraction("final_ratio", fr, zero_ok=False, one_ok=True)
         else:
             self._gamma = _check_fraction("gamma", gamma, zero_ok=False, one_ok=True)
+        self.needs_budget = self._gamma is None
         self._set_config(final_ratio=self._final, gamma=self._gamma)
 
     def _floor_ratio(self) -> float:
@@ -557,7 +572,7 @@ class CyclicSchedule(_OpenLoopSchedule):
     """
 
     name = "cyclic"
-    needs_budget = True
+    budget_free_hint = "half_cycle as an int step count"
 
     def __init__(
         self,
@@ -570,6 +585,7 @@ class CyclicSchedule(_OpenLoopSchedule):
         self._min = _check_fraction("min_ratio", min_ratio, zero_ok=False, one_ok=False)
         self._half = _check_length("half_cycle", half_cycle)
         self._mode = check_choice("mode", mode, ("triangular", "triangular2"))
+        self.needs_budget = isinstance(self._half, float)
         self._set_config(min_ratio=self._min, half_cycle=self._half, mode=self._mode)
 
     def _floor_ratio(self) -> float:
@@ -632,7 +648,7 @@ class SGDRSchedule(_OpenLoopSchedule):
     """
 
     name = "sgdr"
-    needs_budget = True
+    budget_free_hint = "first_cycle as an int step count"
 
     def __init__(
         self,
@@ -647,6 +663,7 @@ class SGDRSchedule(_OpenLoopSchedule):
         self._mult = _check_index("t_mult", t_mult, minimum=1)
         self._min = _check_fraction("min_ratio", min_ratio, zero_ok=True, one_ok=True)
         self._decay = _check_fraction("decay", decay, zero_ok=False, one_ok=True)
+        self.needs_budget = isinstance(self._first, float)
         self._set_config(
             first_cycle=self._first, t_mult=self._mult, min_ratio=self._min, decay=self._decay
         )

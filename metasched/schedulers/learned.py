@@ -82,7 +82,7 @@ class LearnedScheduler(Scheduler):
 
     name = "learned"
     needs_loss: ClassVar[bool] = True
-    needs_budget: ClassVar[bool] = True
+    needs_budget = True  # the observation holds the fraction of the run used
     needs_grad_norm: ClassVar[bool] = True
 
     def __init__(self, *, path: str | os.PathLike[str] | None = None) -> None:

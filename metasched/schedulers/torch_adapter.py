@@ -39,15 +39,53 @@ from metasched.signal import TrainingSignal
 __all__ = ["TorchLRScheduler"]
 
 
-def _as_float(x: Any, what: str) -> float:
+#: A loss as recorded between decisions: a Python float, or a detached 0-d tensor that is
+#: read (one device-to-host copy for the whole interval) only when the scheduler decides.
+_Scalar = float | torch.Tensor
+
+
+def _as_scalar(x: Any, what: str) -> _Scalar:
+    """Return ``x`` as a float, or as a detached 0-d tensor without reading its value."""
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
             raise ValueError(f"{what} must be a scalar, got a tensor of shape {tuple(x.shape)}")
-        return float(x.detach().item())
+        if not (x.is_floating_point() or x.is_complex()):
+            return float(x.item())  # integer losses are unusual: no need to defer them
+        return x.detach().reshape(())
     try:
         return float(x)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a number or a scalar tensor, got {x!r}") from None
+
+
+def _to_floats(values: list[_Scalar]) -> list[float]:
+    """Read recorded scalars as floats, with one host transfer for all the tensors."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return [float(v) for v in values]
+    device = tensors[0].device
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    read = iter(torch.stack([t.to(device=device, dtype=dtype) for t in tensors]).tolist())
+    return [float(next(read)) if isinstance(v, torch.Tensor) else float(v) for v in values]
+
+
+def _gradient_norm(optimizer: Optimizer) -> torch.Tensor | None:
+    """Return the global L2 norm of every gradient as a tensor on the device (no host sync).
+
+    One fused reduction per device and dtype (``torch.nn.utils.get_total_norm``), instead of
+    one ``.item()`` per parameter tensor.
+    """
+    grads = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            g = p.grad
+            if g is not None:
+                grads.append(g.detach().coalesce().values() if g.is_sparse else g.detach())
+    if not grads:
+        return None
+    return torch.nn.utils.get_total_norm(grads, 2.0)
 
 
 class TorchLRScheduler(LRScheduler):
@@ -64,14 +102,24 @@ class TorchLRScheduler(LRScheduler):
     Args:
         optimizer: any torch optimizer (several parameter groups are fine).
         scheduler: a Scheduler instance or a registry name (``"greedy"``, ``"cosine"``, ...).
-        total_steps: length of the run in optimizer steps; required by schedules placed
-            relative to the budget (cosine, linear, onecycle, ...).
+        total_steps: length of the run in optimizer steps. Schedules placed relative to
+            the run (cosine, linear, onecycle, step with fractional milestones, a learned
+            policy, ...; those with ``needs_budget``) require it and say so here, at
+            construction; schedules in step counts (constant, step with int milestones,
+            exponential with ``gamma``, cyclic with an int ``half_cycle``) and reactive ones
+            (greedy) run without it, like torch's ``StepLR`` or ``ExponentialLR``.
         interval: optimizer steps per scheduler decision (default: the scheduler's own
             ``decision_interval``, e.g. the one a learned policy was trained with, else 1).
         **kwargs: hyperparameters when ``scheduler`` is a name.
 
     Schedulers that fork training themselves (``probe``) cannot run inside a plain loop;
     use :func:`metasched.schedulers.run_schedule` on an inner task.
+
+    Cost per optimizer step: the loss is kept as given (a tensor is not read), and when the
+    scheduler reads the gradient norm it is one fused reduction over all gradients, summed
+    on the device. Both are read with one device-to-host transfer per decision, so with
+    ``interval=N`` the adapter adds no host synchronisation to N - 1 of N steps. It never
+    changes torch's thread settings.
     """
 
     def __init__(
@@ -99,9 +147,11 @@ class TorchLRScheduler(LRScheduler):
         if total_steps is not None:
             total_steps = check_int("total_steps", total_steps, minimum=1)
         elif scheduler.needs_budget:
+            hint = scheduler.budget_free_hint
             raise ConfigError(
-                f"scheduler {scheduler.name!r} places its schedule over the run: "
-                "pass total_steps=<number of optimizer steps>"
+                f"scheduler {scheduler.name!r} ({scheduler!r}) places its schedule over the "
+                "length of the run: pass total_steps=<number of optimizer steps>"
+                + (f", or give {hint}" if hint else "")
             )
         self.scheduler = scheduler
         self.total_steps = total_steps
@@ -109,9 +159,9 @@ class TorchLRScheduler(LRScheduler):
             interval = scheduler.decision_interval or 1
         self.interval = check_int("interval", interval, minimum=1)
         self.inner_steps = 0
-        self._pending: list[float] = []
-        self._pending_val: float | None = None
-        self._grad_sum = 0.0
+        self._pending: list[_Scalar] = []
+        self._pending_val: _Scalar | None = None
+        self._grad_sum: _Scalar = 0.0  # a device tensor once a gradient norm is added
         self._grad_n = 0
         self._initialised = False
         super().__init__(optimizer)
@@ -134,11 +184,12 @@ class TorchLRScheduler(LRScheduler):
                 "after each optimizer step"
             )
         if loss is not None:
-            self._pending.append(_as_float(loss, "loss"))
+            self._pending.append(_as_scalar(loss, "loss"))
         if val_loss is not None:
-            self._pending_val = _as_float(val_loss, "val_loss")
+            self._pending_val = _as_scalar(val_loss, "val_loss")
         if self.scheduler.needs_grad_norm:
-            self._grad_sum += self._grad_norm()
+            norm = _gradient_norm(self.optimizer)
+            self._grad_sum = self._grad_sum + (0.0 if norm is None else norm)
             self._grad_n += 1
         self.inner_steps += 1
         self.last_epoch = self.inner_steps
@@ -147,27 +198,30 @@ class TorchLRScheduler(LRScheduler):
         if n_since == 0:
             self._decide(self.interval)
 
-    def _grad_norm(self) -> float:
-        total = 0.0
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    total += float(p.grad.detach().pow(2).sum())
-        return math.sqrt(total)
+    def _read_pending(self) -> tuple[list[float], float | None, float]:
+        """Losses, validation loss and gradient-norm sum of the interval, read at once."""
+        extra: list[_Scalar] = [self._grad_sum]
+        if self._pending_val is not None:
+            extra.append(self._pending_val)
+        values = _to_floats([*self._pending, *extra])
+        n = len(self._pending)
+        val = values[n + 1] if self._pending_val is not None else None
+        return values[:n], val, values[n]
 
     def _decide(self, n: int) -> None:
-        losses = tuple(self._pending)
+        pending, val, grad_sum = self._read_pending()  # the one host sync of the interval
+        losses = tuple(pending)
         train = sum(losses) / len(losses) if losses else math.nan
-        if not losses and self._pending_val is not None:
-            train = self._pending_val
+        if not losses and val is not None:
+            train = val
         ups = sum(b > a for a, b in itertools.pairwise(losses))
         signal = TrainingSignal(
             step=self.inner_steps,
             budget=self.total_steps or 0,
             lr=float(self.optimizer.param_groups[0]["lr"]),
             train_loss=train,
-            val_loss=self._pending_val,
-            grad_norm=self._grad_sum / self._grad_n if self._grad_n else None,
+            val_loss=val,
+            grad_norm=grad_sum / self._grad_n if self._grad_n else None,
             frac_increasing=ups / (len(losses) - 1) if len(losses) > 1 else None,
             diverged=not math.isfinite(train) and bool(losses),
             interval_steps=n,
@@ -190,14 +244,15 @@ class TorchLRScheduler(LRScheduler):
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON data: the wrapped scheduler's state plus the adapter's counters."""
+        pending, val, grad_sum = self._read_pending()
         return {
             "scheduler": self.scheduler.state_dict(),
             "total_steps": self.total_steps,
             "interval": self.interval,
             "inner_steps": self.inner_steps,
-            "pending": [encode_float(x) for x in self._pending],
-            "pending_val": None if self._pending_val is None else encode_float(self._pending_val),
-            "grad_sum": self._grad_sum,
+            "pending": [encode_float(x) for x in pending],
+            "pending_val": None if val is None else encode_float(val),
+            "grad_sum": encode_float(grad_sum),
             "grad_n": self._grad_n,
             "base_lrs": [float(b) for b in self.base_lrs],
         }
@@ -219,7 +274,7 @@ class TorchLRScheduler(LRScheduler):
         self._pending = [decode_float(x) for x in state_dict["pending"]]
         pv = state_dict["pending_val"]
         self._pending_val = None if pv is None else decode_float(pv)
-        self._grad_sum = float(state_dict["grad_sum"])
+        self._grad_sum = decode_float(state_dict["grad_sum"])
         self._grad_n = int(state_dict["grad_n"])
         self.base_lrs = list(state_dict["base_lrs"])
         self._initialised = True

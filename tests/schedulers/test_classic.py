@@ -79,7 +79,7 @@ def test_all_schedules_are_registered_open_loop_with_budget_flags() -> None:
     for name, cls in CLASSES.items():
         assert SCHEDULERS[name] is cls
         assert cls.open_loop
-        assert cls.needs_budget == (name != "constant")
+        assert cls().needs_budget == (name != "constant")  # the defaults are budget-relative
         assert cls.__doc__ and cls.__doc__.strip()
     assert (
         repr(make_scheduler("cosine", min_ratio=0.1)) == "CosineSchedule(warmup=0, min_ratio=0.1)"
@@ -87,6 +87,34 @@ def test_all_schedules_are_registered_open_loop_with_budget_flags() -> None:
     assert repr(StepSchedule()) == "StepSchedule(milestones=[0.5, 0.75], gamma=0.1)"
     assert ExponentialSchedule().config == {"final_ratio": 0.01, "gamma": None}
     assert ExponentialSchedule(gamma=0.9).config == {"final_ratio": None, "gamma": 0.9}
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "needs"),
+    [
+        ("step", {"milestones": [10, 20]}, False),
+        ("step", {"milestones": [10, 0.5]}, True),
+        ("exponential", {"gamma": 0.9}, False),
+        ("exponential", {"final_ratio": 0.1}, True),
+        ("cyclic", {"half_cycle": 5}, False),
+        ("cyclic", {"half_cycle": 0.1}, True),
+        ("sgdr", {"first_cycle": 8}, False),
+        ("sgdr", {"first_cycle": 0.1}, True),
+        ("cosine", {"warmup": 5}, True),
+    ],
+)
+def test_schedules_in_step_counts_need_no_budget(name, kwargs, needs) -> None:
+    sched = make_scheduler(name, **kwargs)
+    assert sched.needs_budget is needs
+    sched.reset(1.0)
+    if needs:
+        with pytest.raises(ValueError, match=r"signal\.budget"):
+            sched.step(sig(5, 0, 1.0, 5))
+        return
+    # Budget unknown (0): the stepwise form follows the closed form of any budget.
+    lrs = [sched.step(sig(t, 0, 1.0, 5)) for t in range(5, 105, 5)]
+    assert lrs == pytest.approx([sched.lr_at(t, 10_000) for t in range(5, 105, 5)], rel=1e-12)
+    assert json.loads(json.dumps(sched.state_dict()))["state"]["budget"] == 0
 
 
 RESET_CONFIGS: list[tuple[str, dict[str, Any]]] = [

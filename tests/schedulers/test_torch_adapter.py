@@ -1,11 +1,14 @@
 import copy
 import json
+import math
+import re
 
 import pytest
 import torch
+from torch.optim import lr_scheduler as tls
 
 from metasched.errors import ConfigError
-from metasched.schedulers import TorchLRScheduler, make_scheduler
+from metasched.schedulers import SCHEDULERS, TorchLRScheduler, make_scheduler
 
 
 def _problem(seed=0):
@@ -148,3 +151,179 @@ def test_errors_are_clear():
         sched.step(torch.ones(3))
     with pytest.raises(TypeError, match="Optimizer"):
         TorchLRScheduler(model, "constant")
+
+
+# -- every registry name in a plain loop, with and without total_steps (issue 12, item 1) ----
+def _policy_file(tmp_path):
+    """A hand-built .msched policy over the LR-control observations (keeps the LR)."""
+    from metasched.features import FEATURE_NAMES
+    from metasched.policyfile import minimal_header, write_policy
+
+    n = len(FEATURE_NAMES)
+    h = minimal_header(input_dim=n, action_mode="discrete3")
+    h["observation"]["names"] = list(FEATURE_NAMES)
+    h["env_kwargs"] = {"action": "discrete3", "lr_range": [1e-3, 64.0], "init_lr": 1.0}
+    h["decision_interval"] = 5
+    h["network"]["layers"] = [{"type": "linear", "weight": "w", "bias": "b"}]
+    weights = {"w": torch.zeros(3, n), "b": torch.tensor([0.0, 1.0, 0.0])}
+    return write_policy(tmp_path / "keep.msched", weights, h)
+
+
+def _rules_file(tmp_path):
+    from metasched.features import FEATURE_NAMES
+    from metasched.schedulers.rules import write_rules
+
+    header = {
+        "observation": {"names": list(FEATURE_NAMES)},
+        "action": {"mode": "discrete3"},
+        "env_kwargs": {"action": "discrete3", "lr_range": [1e-3, 64.0], "init_lr": 1.0},
+        "decision_interval": 5,
+    }
+    used = FEATURE_NAMES.index("budget_used")  # halve the LR in the second half of the run
+    tree = {
+        "feature": [used, -1, -1],
+        "threshold": [0.5, 0.0, 0.0],
+        "left": [1, -1, -1],
+        "right": [2, -1, -1],
+        "action": [1, 1, 0],
+    }
+    path = tmp_path / "rules.json"
+    write_rules(path, header, tree, {"note": "hand-made"})
+    return path
+
+
+def _registry_kwargs(name, tmp_path):
+    if name == "learned":
+        return {"path": str(_policy_file(tmp_path))}
+    if name == "rules":
+        return {"path": str(_rules_file(tmp_path))}
+    return {}
+
+
+@pytest.mark.parametrize("total_steps", [None, 40])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_registry_name_in_a_plain_loop(name, total_steps, tmp_path):
+    """Runs, or refuses at construction with a ConfigError that names the fix."""
+    X, y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    kwargs = _registry_kwargs(name, tmp_path)
+    try:
+        sched = TorchLRScheduler(opt, name, total_steps=total_steps, **kwargs)
+    except ConfigError as exc:
+        msg = str(exc)
+        assert "\n" not in msg
+        cls = SCHEDULERS[name]
+        if cls.drives_training:
+            assert "run_schedule" in msg
+        else:
+            assert total_steps is None and "total_steps=" in msg, msg
+        return
+    lrs = [lr[0] for lr in _train(model, opt, sched, X, y, 40)]
+    assert all(math.isfinite(lr) and lr >= 0 for lr in lrs)
+    assert opt.param_groups[0]["lr"] == lrs[-1]
+    json.dumps(sched.state_dict(), allow_nan=False)
+
+
+def test_which_schedules_need_total_steps(tmp_path):
+    _X, _y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for name, kw in [
+        ("constant", {}),
+        ("greedy", {}),
+        ("step", {"milestones": [10, 20]}),
+        ("exponential", {"gamma": 0.9}),
+        ("cyclic", {"half_cycle": 5}),
+        ("sgdr", {"first_cycle": 8}),
+    ]:
+        TorchLRScheduler(opt, name, **kw)  # no total_steps needed
+    for name, kw, fix in [
+        ("cosine", {}, "total_steps="),
+        ("linear", {"warmup": 5}, "total_steps="),
+        ("onecycle", {}, "total_steps="),
+        ("step", {}, "or give milestones as int step counts"),
+        ("exponential", {}, "or give gamma="),
+        ("cyclic", {}, "or give half_cycle as an int step count"),
+        ("sgdr", {}, "or give first_cycle as an int step count"),
+        ("learned", {"path": str(_policy_file(tmp_path))}, "total_steps="),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(fix)):
+            TorchLRScheduler(opt, name, **kw)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "make_ref"),
+    [
+        ("constant", {}, lambda o: tls.ConstantLR(o, factor=1.0, total_iters=0)),
+        ("step", {"milestones": [7, 19], "gamma": 0.3},
+         lambda o: tls.MultiStepLR(o, milestones=[7, 19], gamma=0.3)),
+        ("exponential", {"gamma": 0.93}, lambda o: tls.ExponentialLR(o, gamma=0.93)),
+        ("cyclic", {"half_cycle": 6, "min_ratio": 0.1},
+         lambda o: tls.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=6,
+                                cycle_momentum=False)),
+    ],
+)  # fmt: skip
+def test_step_count_schedules_match_torch_without_total_steps(name, kwargs, make_ref):
+    _X, _y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ours = TorchLRScheduler(opt, name, **kwargs)
+    ref_opt = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.1)
+    ref = make_ref(ref_opt)
+    assert ours.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], rel=1e-12)
+    for _ in range(50):
+        opt.step()
+        ours.step()
+        ref_opt.step()
+        ref.step()
+        assert ours.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], rel=1e-9)
+
+
+# -- cost: no host sync per parameter tensor per step (issue 12, item 9) ----------------------
+def test_no_host_reads_between_decisions(tmp_path, monkeypatch):
+    """Losses and gradient norms stay on the device until the scheduler decides."""
+    X, y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = TorchLRScheduler(
+        opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=10
+    )
+    reads = []
+    real_item, real_tolist = torch.Tensor.item, torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append("item") or real_item(t))
+    monkeypatch.setattr(
+        torch.Tensor, "tolist", lambda t: reads.append("tolist") or real_tolist(t)
+    )
+    real_float = torch.Tensor.__float__
+    monkeypatch.setattr(
+        torch.Tensor, "__float__", lambda t: reads.append("float") or real_float(t)
+    )
+    for i in range(30):
+        idx = slice((i * 8) % 64, (i * 8) % 64 + 8)
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(X[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        before = len(reads)
+        sched.step(loss)
+        if (i + 1) % 10:
+            assert len(reads) == before, f"step {i + 1} read a tensor: {reads[before:]}"
+        else:
+            assert reads[before:] == ["tolist"], reads[before:]  # one read per decision
+
+
+def test_gradient_norm_is_the_mean_global_norm_of_the_interval(tmp_path):
+    X, y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = TorchLRScheduler(
+        opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=5
+    )
+    seen = []
+    step = sched.scheduler.step
+    sched.scheduler.step = lambda sig: seen.append(sig.grad_norm) or step(sig)
+    norms = []
+    for i in range(5):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(X[i::5]), y[i::5]).backward()
+        squares = [float(p.grad.double().pow(2).sum()) for p in model.parameters()]
+        norms.append(math.sqrt(sum(squares)))
+        opt.step()
+        sched.step(1.0)
+    assert seen == [pytest.approx(sum(norms) / 5, rel=1e-5)]
