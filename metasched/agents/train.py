@@ -139,7 +139,8 @@ def make_train_env(cfg: TrainConfig, seed: int) -> Any:
         venv = BatchedNMFVecEnv(num_envs=cfg.n_envs, split="train", seed=seed, **cfg.env_kwargs)
     else:
         cls = SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv
-        fns = [partial(_make_env, cfg.env_id, cfg.env_kwargs) for _ in range(cfg.n_envs)]
+        make = _make_worker_env if cls is SubprocVecEnv else _make_env
+        fns = [partial(make, cfg.env_id, cfg.env_kwargs) for _ in range(cfg.n_envs)]
         venv = cls(fns, start_method="forkserver") if cls is SubprocVecEnv else cls(fns)
         venv.seed(seed)
     venv = VecMonitor(venv)
@@ -154,6 +155,14 @@ def _make_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:
     import metasched  # noqa: F401  (registers the env ids in subprocesses)
 
     return gym.make(env_id, split="train", **env_kwargs)
+
+
+def _make_worker_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:
+    """Build the env inside a ``SubprocVecEnv`` worker: a process of ours, one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    return _make_env(env_id, env_kwargs)
 
 
 def keep_lr_action(mode: str, env_kwargs: dict[str, Any]) -> Any:

@@ -301,10 +301,11 @@ def _scheduler(cell: Cell, lr_ref: float) -> Scheduler:
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
-    """Run one cell; return its JSON-able result (the trace plus the reference LR)."""
-    import torch
+    """Run one cell; return its JSON-able result (the trace plus the reference LR).
 
-    torch.set_num_threads(1)
+    Thread settings are left alone here (a library call); worker processes of a parallel
+    comparison get one torch thread from their initializer.
+    """
     task = _family(cell.family, cell.family_seed).make(cell.split, cell.index)
     task.reset(problem_rng(cell.family_seed, cell.split, cell.index, cell.seed))
     lr_ref = float(task.default_lr())

@@ -23,8 +23,8 @@ minibatches, where the tuned cosine ends at a median validation loss of 1.819 na
 1.845 for the best tuned constant LR, lower on 6 of 6 ``test`` instances
 (``benchmarks/scheduling_matters_nn.py``).
 
-Threads: each task trains with one torch thread (``num_threads=1``); see
-:mod:`metasched.inner_tasks.torch_task` for why.
+Threads: the task uses the process's torch thread setting (the ``metasched`` command and
+its worker processes set one thread); see :mod:`metasched.inner_tasks.torch_task`.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class CharLMTask(TorchTask):
         *,
         divergence_factor: float = 1e3,
         reference_lr: float = CHARLM_REFERENCE_LR,
-        num_threads: int = 1,
+        num_threads: int | None = None,
     ) -> None:
         if not isinstance(config, CharLMConfig):
             raise ValueError(f"config must be a CharLMConfig, got {config!r}")

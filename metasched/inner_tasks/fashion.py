@@ -15,8 +15,8 @@ on one core), not meant for agent training. With ``CNN-v0``'s budget of 400 step
 cosine ends at a median validation loss of 0.603 against 0.671 for the best tuned constant
 LR, lower on 83 % of 12 ``test`` instances (``benchmarks/scheduling_matters_nn.py``).
 
-Threads: each task trains with one torch thread (``num_threads=1``); see
-:mod:`metasched.inner_tasks.torch_task` for why.
+Threads: the task uses the process's torch thread setting (the ``metasched`` command and
+its worker processes set one thread); see :mod:`metasched.inner_tasks.torch_task`.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ class FashionTask(ArrayClassificationTask):
         *,
         divergence_factor: float = 1e3,
         reference_lr: float = FASHION_REFERENCE_LR,
-        num_threads: int = 1,
+        num_threads: int | None = None,
     ) -> None:
         if not isinstance(config, FashionConfig):
             raise ValueError(f"config must be a FashionConfig, got {config!r}")

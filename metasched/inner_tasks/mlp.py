@@ -14,8 +14,8 @@ minibatches, no weight decay and a budget at which a constant LR's noise floor s
 validation loss of 0.328 against 0.373 for the best tuned constant LR, lower on 70 % of 20
 ``test`` instances (``benchmarks/scheduling_matters_nn.py``).
 
-Threads: each task trains with one torch thread (``num_threads=1``); see
-:mod:`metasched.inner_tasks.torch_task` for why.
+Threads: the task uses the process's torch thread setting (the ``metasched`` command and
+its worker processes set one thread); see :mod:`metasched.inner_tasks.torch_task`.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class MLPTask(ArrayClassificationTask):
         *,
         divergence_factor: float = 1e3,
         reference_lr: float = MLP_REFERENCE_LR,
-        num_threads: int = 1,
+        num_threads: int | None = None,
     ) -> None:
         if not isinstance(config, MLPConfig):
             raise ValueError(f"config must be an MLPConfig, got {config!r}")

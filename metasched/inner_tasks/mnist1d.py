@@ -26,8 +26,8 @@ of 1,000 steps the tuned cosine ends at a median validation loss of 1.46 against
 the best tuned constant LR, lower on 75 % of 12 ``test`` instances
 (``benchmarks/scheduling_matters_nn.py``; MLPs overfit MNIST-1D, hence the high losses).
 
-Threads: each task trains with one torch thread (``num_threads=1``); see
-:mod:`metasched.inner_tasks.torch_task` for why.
+Threads: the task uses the process's torch thread setting (the ``metasched`` command and
+its worker processes set one thread); see :mod:`metasched.inner_tasks.torch_task`.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class MNIST1DTask(ArrayClassificationTask):
         *,
         divergence_factor: float = 1e3,
         reference_lr: float = MNIST1D_REFERENCE_LR,
-        num_threads: int = 1,
+        num_threads: int | None = None,
     ) -> None:
         if not isinstance(config, MNIST1DConfig):
             raise ValueError(f"config must be an MNIST1DConfig, got {config!r}")

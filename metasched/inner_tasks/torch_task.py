@@ -24,13 +24,16 @@ which model it trains and where its minibatches come from:
   minibatches and gives bit-identical losses.
 * **Divergence** is a non-finite minibatch loss, a loss above ``divergence_factor`` times the
   loss at initialisation, or a non-finite gradient; training stops at the first such step.
-* **Threads**: tiny models are overhead-bound, and torch's intra-op pool running beside
-  numpy's OpenBLAS pool was seen to collapse throughput 10-100x on two cores. Every
-  :meth:`~TorchTask.train` and :meth:`~TorchTask.evaluate` call therefore runs with
-  ``num_threads`` torch threads (default 1; the previous setting is restored afterwards);
-  parallelism comes from running several processes (``SubprocVecEnv`` workers). Set
-  ``OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=MKL_NUM_THREADS=1`` (the Makefile does) so the BLAS
-  pools behave the same way.
+* **Threads**: a task never changes torch's process-wide thread setting on its own: it
+  trains with whatever the process uses. Tiny models are overhead-bound, and torch's
+  intra-op pool running beside numpy's OpenBLAS pool was seen to collapse throughput
+  10-100x on two cores, so the processes metasched owns run one thread each: the
+  ``metasched`` command (``METASCHED_THREADS=N`` overrides it) and the worker processes it
+  starts (comparison pool, batched-env workers, ``SubprocVecEnv`` workers); parallelism
+  comes from processes. In your own script, call ``torch.set_num_threads(1)`` and set
+  ``OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=MKL_NUM_THREADS=1`` (the Makefile does) for the
+  same speed. ``num_threads=N`` is an explicit opt-in: that task then runs its calls with N
+  torch threads and restores the previous setting after each.
 
 :class:`ArrayClassificationTask` adds what the image / signal classification tasks share:
 in-memory ``(x, y)`` training and validation tensors, minibatches drawn uniformly with
@@ -162,15 +165,17 @@ def build_module(factory: Any, *args: Any, **kwargs: Any) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the body with ``n`` torch threads; ``None`` leaves the process setting alone."""
     prev = torch.get_num_threads()
-    if prev != n:
-        torch.set_num_threads(n)
+    if n is None or prev == n:
+        yield
+        return
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        if prev != n:
-            torch.set_num_threads(prev)
+        torch.set_num_threads(prev)
 
 
 class TorchTask(InnerTask, GradientTask, HyperparameterTask):
@@ -197,7 +202,8 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
             initialisation (or a non-finite loss or gradient) counts as divergence.
         reference_lr: what :meth:`default_lr` returns (the env's ``lr_ref``, the runner's
             default base LR): a good constant LR for the family, not tuned per instance.
-        num_threads: torch intra-op threads during :meth:`train` / :meth:`evaluate`.
+        num_threads: torch intra-op threads during :meth:`train` / :meth:`evaluate`;
+            ``None`` (default): the process's setting, untouched (see the module docstring).
     """
 
     model: nn.Module
@@ -211,7 +217,7 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
         init_scale: float = 1.0,
         divergence_factor: float = 1e3,
         reference_lr: float = 0.1,
-        num_threads: int = 1,
+        num_threads: int | None = None,
     ) -> None:
         self.name = name
         self.momentum = check_fraction("momentum", momentum)
@@ -226,7 +232,9 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
         ):
             raise ValueError(f"reference_lr must be a positive finite number, got {reference_lr!r}")
         self.reference_lr = float(reference_lr)
-        self.num_threads = check_positive_int("num_threads", num_threads)
+        self.num_threads = (
+            None if num_threads is None else check_positive_int("num_threads", num_threads)
+        )
         self.data_gen = torch.Generator().manual_seed(0)
         self._ref_loss = 1.0
         self._eval_cache: float | None = None  # evaluate() at unchanged parameters
