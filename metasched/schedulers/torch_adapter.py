@@ -49,9 +49,10 @@ def _as_scalar(x: Any, what: str) -> _Scalar:
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
             raise ValueError(f"{what} must be a scalar, got a tensor of shape {tuple(x.shape)}")
-        if not (x.is_floating_point() or x.is_complex()):
+        if not x.is_floating_point():
             return float(x.item())  # integer losses are unusual: no need to defer them
-        return x.detach().reshape(())
+        t = x.detach()
+        return t if t.dim() == 0 else t.reshape(())
     try:
         return float(x)
     except (TypeError, ValueError):
@@ -63,29 +64,54 @@ def _to_floats(values: list[_Scalar]) -> list[float]:
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     if not tensors:
         return [float(v) for v in values]
-    device = tensors[0].device
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    read = iter(torch.stack([t.to(device=device, dtype=dtype) for t in tensors]).tolist())
+    try:
+        stacked = torch.stack(tensors)  # one device (the usual case): one kernel
+    except RuntimeError:  # tensors on several devices: gather them on the first one
+        device = tensors[0].device
+        stacked = torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+    read = iter(stacked.tolist())
     return [float(next(read)) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
-def _gradient_norm(optimizer: Optimizer) -> torch.Tensor | None:
-    """Return the global L2 norm of every gradient as a tensor on the device (no host sync).
+def _gradient_norms(optimizer: Optimizer) -> list[torch.Tensor]:
+    """Return the L2 norm of every gradient, as tensors on their devices (no host sync).
 
-    One fused reduction per device and dtype (``torch.nn.utils.get_total_norm``), instead of
-    one ``.item()`` per parameter tensor.
+    One fused kernel (``torch._foreach_norm``) over all gradients instead of one
+    ``.item()`` per parameter tensor; the global norm is formed from these at the decision.
     """
     grads = []
     for group in optimizer.param_groups:
         for p in group["params"]:
             g = p.grad
             if g is not None:
-                grads.append(g.detach().coalesce().values() if g.is_sparse else g.detach())
+                grads.append(g.coalesce().values() if g.is_sparse else g)
     if not grads:
-        return None
-    return torch.nn.utils.get_total_norm(grads, 2.0)
+        return []
+    with torch.no_grad():
+        return list(torch._foreach_norm(grads))
+
+
+def _sum_of_global_norms(rows: list[list[torch.Tensor]]) -> torch.Tensor | float:
+    """Return the sum over steps of each step's global norm, on the device.
+
+    ``rows[i]`` holds the per-tensor norms of step ``i``; its global norm is their L2 norm.
+    """
+    rows = [r for r in rows if r]
+    if not rows:
+        return 0.0
+    with torch.no_grad():
+        if len({len(r) for r in rows}) == 1:
+            try:  # the usual case: one device, the same gradients every step: one kernel
+                table = torch.stack([t for r in rows for t in r]).view(len(rows), -1)
+                return torch.linalg.vector_norm(table.float(), dim=1).sum()
+            except RuntimeError:  # gradients on several devices
+                pass
+        device = rows[0][0].device
+        per_step = [
+            torch.linalg.vector_norm(torch.stack([t.to(device, torch.float32) for t in r]))
+            for r in rows
+        ]
+        return torch.stack(per_step).sum()
 
 
 class TorchLRScheduler(LRScheduler):
@@ -161,7 +187,8 @@ class TorchLRScheduler(LRScheduler):
         self.inner_steps = 0
         self._pending: list[_Scalar] = []
         self._pending_val: _Scalar | None = None
-        self._grad_sum: _Scalar = 0.0  # a device tensor once a gradient norm is added
+        self._grad_sum = 0.0  # sum of global gradient norms already read (a resumed state)
+        self._grad_rows: list[list[torch.Tensor]] = []  # per step: per-tensor norms, unread
         self._grad_n = 0
         self._initialised = False
         super().__init__(optimizer)
@@ -188,8 +215,7 @@ class TorchLRScheduler(LRScheduler):
         if val_loss is not None:
             self._pending_val = _as_scalar(val_loss, "val_loss")
         if self.scheduler.needs_grad_norm:
-            norm = _gradient_norm(self.optimizer)
-            self._grad_sum = self._grad_sum + (0.0 if norm is None else norm)
+            self._grad_rows.append(_gradient_norms(self.optimizer))
             self._grad_n += 1
         self.inner_steps += 1
         self.last_epoch = self.inner_steps
@@ -199,14 +225,13 @@ class TorchLRScheduler(LRScheduler):
             self._decide(self.interval)
 
     def _read_pending(self) -> tuple[list[float], float | None, float]:
-        """Losses, validation loss and gradient-norm sum of the interval, read at once."""
-        extra: list[_Scalar] = [self._grad_sum]
-        if self._pending_val is not None:
-            extra.append(self._pending_val)
-        values = _to_floats([*self._pending, *extra])
+        """Return the interval's losses, validation loss and sum of gradient norms."""
+        extra = [] if self._pending_val is None else [self._pending_val]
+        norms = _sum_of_global_norms(self._grad_rows)
+        values = _to_floats([*self._pending, norms, *extra])  # the one host read
         n = len(self._pending)
-        val = values[n + 1] if self._pending_val is not None else None
-        return values[:n], val, values[n]
+        val = values[n + 1] if extra else None
+        return values[:n], val, self._grad_sum + values[n]
 
     def _decide(self, n: int) -> None:
         pending, val, grad_sum = self._read_pending()  # the one host sync of the interval
@@ -228,7 +253,7 @@ class TorchLRScheduler(LRScheduler):
             losses=losses,
         )
         self._pending, self._pending_val = [], None
-        self._grad_sum, self._grad_n = 0.0, 0
+        self._grad_sum, self._grad_rows, self._grad_n = 0.0, [], 0
         self.scheduler.step(signal)
         self._apply()
 
@@ -275,6 +300,7 @@ class TorchLRScheduler(LRScheduler):
         pv = state_dict["pending_val"]
         self._pending_val = None if pv is None else decode_float(pv)
         self._grad_sum = decode_float(state_dict["grad_sum"])
+        self._grad_rows = []
         self._grad_n = int(state_dict["grad_n"])
         self.base_lrs = list(state_dict["base_lrs"])
         self._initialised = True
