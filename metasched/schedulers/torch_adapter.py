@@ -91,27 +91,16 @@ def _gradient_norms(optimizer: Optimizer) -> list[torch.Tensor]:
         return list(torch._foreach_norm(grads))
 
 
-def _sum_of_global_norms(rows: list[list[torch.Tensor]]) -> torch.Tensor | float:
-    """Return the sum over steps of each step's global norm, on the device.
-
-    ``rows[i]`` holds the per-tensor norms of step ``i``; its global norm is their L2 norm.
-    """
-    rows = [r for r in rows if r]
-    if not rows:
+def _sum_of_squares(norms: list[torch.Tensor]) -> torch.Tensor | float:
+    """Return the sum of the squared norms, on the device of the first (no host read)."""
+    if not norms:
         return 0.0
     with torch.no_grad():
-        if len({len(r) for r in rows}) == 1:
-            try:  # the usual case: one device, the same gradients every step: one kernel
-                table = torch.stack([t for r in rows for t in r]).view(len(rows), -1)
-                return torch.linalg.vector_norm(table.float(), dim=1).sum()
-            except RuntimeError:  # gradients on several devices
-                pass
-        device = rows[0][0].device
-        per_step = [
-            torch.linalg.vector_norm(torch.stack([t.to(device, torch.float32) for t in r]))
-            for r in rows
-        ]
-        return torch.stack(per_step).sum()
+        try:  # the usual case, one device: one kernel for the whole interval
+            stacked = torch.stack(norms)
+        except RuntimeError:  # gradients on several devices
+            stacked = torch.stack([t.to(norms[0].device) for t in norms])
+        return stacked.float().square().sum()
 
 
 class TorchLRScheduler(LRScheduler):
@@ -121,7 +110,7 @@ class TorchLRScheduler(LRScheduler):
     minibatch loss (``step(loss)``; loss-driven schedulers such as GreedyLR require it,
     open-loop schedules accept ``step()``). Every ``interval`` calls the wrapped scheduler
     sees one :class:`~metasched.signal.TrainingSignal` — mean loss over the interval, the
-    per-step losses, the mean gradient norm when the scheduler reads it — and the new LR is
+    per-step losses, the gradient norm when the scheduler reads it — and the new LR is
     written to every parameter group. Groups keep their ratios to the first group's base
     LR, except under schedulers with per-group state (GreedyLR's per-group bounds).
 
@@ -141,11 +130,15 @@ class TorchLRScheduler(LRScheduler):
     Schedulers that fork training themselves (``probe``) cannot run inside a plain loop;
     use :func:`metasched.schedulers.run_schedule` on an inner task.
 
+    The gradient norm of the signal is, as in the envs' inner tasks, the root mean square
+    over the interval's steps of the global L2 norm of all gradients (read after each
+    ``optimizer.step()``).
+
     Cost per optimizer step: the loss is kept as given (a tensor is not read), and when the
-    scheduler reads the gradient norm it is one fused reduction over all gradients, summed
-    on the device. Both are read with one device-to-host transfer per decision, so with
-    ``interval=N`` the adapter adds no host synchronisation to N - 1 of N steps. It never
-    changes torch's thread settings.
+    scheduler reads the gradient norm it is one fused reduction over all gradients
+    (``torch._foreach_norm``) that stays on the device. Both are read with one
+    device-to-host transfer per decision, so with ``interval=N`` the adapter adds no host
+    synchronisation to N - 1 of N steps. It never changes torch's thread settings.
     """
 
     def __init__(
@@ -187,8 +180,8 @@ class TorchLRScheduler(LRScheduler):
         self.inner_steps = 0
         self._pending: list[_Scalar] = []
         self._pending_val: _Scalar | None = None
-        self._grad_sum = 0.0  # sum of global gradient norms already read (a resumed state)
-        self._grad_rows: list[list[torch.Tensor]] = []  # per step: per-tensor norms, unread
+        self._grad_sq = 0.0  # sum of squared global gradient norms already read (resumed)
+        self._grad_norms: list[torch.Tensor] = []  # per-tensor norms of the steps, unread
         self._grad_n = 0
         self._initialised = False
         super().__init__(optimizer)
@@ -215,7 +208,7 @@ class TorchLRScheduler(LRScheduler):
         if val_loss is not None:
             self._pending_val = _as_scalar(val_loss, "val_loss")
         if self.scheduler.needs_grad_norm:
-            self._grad_rows.append(_gradient_norms(self.optimizer))
+            self._grad_norms.extend(_gradient_norms(self.optimizer))
             self._grad_n += 1
         self.inner_steps += 1
         self.last_epoch = self.inner_steps
@@ -225,16 +218,16 @@ class TorchLRScheduler(LRScheduler):
             self._decide(self.interval)
 
     def _read_pending(self) -> tuple[list[float], float | None, float]:
-        """Return the interval's losses, validation loss and sum of gradient norms."""
+        """Return the interval's losses, validation loss and sum of squared gradient norms."""
         extra = [] if self._pending_val is None else [self._pending_val]
-        norms = _sum_of_global_norms(self._grad_rows)
-        values = _to_floats([*self._pending, norms, *extra])  # the one host read
+        squares = _sum_of_squares(self._grad_norms)
+        values = _to_floats([*self._pending, squares, *extra])  # the one host read
         n = len(self._pending)
         val = values[n + 1] if extra else None
-        return values[:n], val, self._grad_sum + values[n]
+        return values[:n], val, self._grad_sq + values[n]
 
     def _decide(self, n: int) -> None:
-        pending, val, grad_sum = self._read_pending()  # the one host sync of the interval
+        pending, val, grad_sq = self._read_pending()  # the one host sync of the interval
         losses = tuple(pending)
         train = sum(losses) / len(losses) if losses else math.nan
         if not losses and val is not None:
@@ -246,14 +239,14 @@ class TorchLRScheduler(LRScheduler):
             lr=float(self.optimizer.param_groups[0]["lr"]),
             train_loss=train,
             val_loss=val,
-            grad_norm=grad_sum / self._grad_n if self._grad_n else None,
+            grad_norm=math.sqrt(grad_sq / self._grad_n) if self._grad_n else None,
             frac_increasing=ups / (len(losses) - 1) if len(losses) > 1 else None,
             diverged=not math.isfinite(train) and bool(losses),
             interval_steps=n,
             losses=losses,
         )
         self._pending, self._pending_val = [], None
-        self._grad_sum, self._grad_rows, self._grad_n = 0.0, [], 0
+        self._grad_sq, self._grad_norms, self._grad_n = 0.0, [], 0
         self.scheduler.step(signal)
         self._apply()
 
@@ -269,7 +262,7 @@ class TorchLRScheduler(LRScheduler):
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON data: the wrapped scheduler's state plus the adapter's counters."""
-        pending, val, grad_sum = self._read_pending()
+        pending, val, grad_sq = self._read_pending()
         return {
             "scheduler": self.scheduler.state_dict(),
             "total_steps": self.total_steps,
@@ -277,7 +270,7 @@ class TorchLRScheduler(LRScheduler):
             "inner_steps": self.inner_steps,
             "pending": [encode_float(x) for x in pending],
             "pending_val": None if val is None else encode_float(val),
-            "grad_sum": encode_float(grad_sum),
+            "grad_sq_sum": encode_float(grad_sq),
             "grad_n": self._grad_n,
             "base_lrs": [float(b) for b in self.base_lrs],
         }
@@ -299,9 +292,13 @@ class TorchLRScheduler(LRScheduler):
         self._pending = [decode_float(x) for x in state_dict["pending"]]
         pv = state_dict["pending_val"]
         self._pending_val = None if pv is None else decode_float(pv)
-        self._grad_sum = decode_float(state_dict["grad_sum"])
-        self._grad_rows = []
         self._grad_n = int(state_dict["grad_n"])
+        if "grad_sq_sum" in state_dict:
+            self._grad_sq = decode_float(state_dict["grad_sq_sum"])
+        else:  # an older state summed the norms: the mean norm, squared, stands in
+            mean = decode_float(state_dict["grad_sum"]) / max(self._grad_n, 1)
+            self._grad_sq = mean * mean * self._grad_n
+        self._grad_norms = []
         self.base_lrs = list(state_dict["base_lrs"])
         self._initialised = True
         self._apply()

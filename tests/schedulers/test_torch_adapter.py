@@ -309,21 +309,61 @@ def test_no_host_reads_between_decisions(tmp_path, monkeypatch):
             assert reads[before:] == ["tolist"], reads[before:]  # one read per decision
 
 
-def test_gradient_norm_is_the_mean_global_norm_of_the_interval(tmp_path):
+def test_gradient_norm_is_the_rms_global_norm_of_the_interval(tmp_path):
+    """As the inner tasks report it: root mean square over steps of the global norm."""
     X, y, model = _problem()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    frozen = torch.nn.Linear(2, 1)  # a group whose gradients come and go
+    opt = torch.optim.SGD([{"params": model.parameters()}, {"params": frozen.parameters()}])
+    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.05
     sched = TorchLRScheduler(
         opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=5
     )
     seen = []
     step = sched.scheduler.step
     sched.scheduler.step = lambda sig: seen.append(sig.grad_norm) or step(sig)
-    norms = []
+    squares = []
     for i in range(5):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(X[i::5]), y[i::5]).backward()
-        squares = [float(p.grad.double().pow(2).sum()) for p in model.parameters()]
-        norms.append(math.sqrt(sum(squares)))
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(X[i::5]), y[i::5])
+        if i % 2:
+            loss = loss + frozen(torch.ones(1, 2)).sum()
+        loss.backward()
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        squares.append(sum(float(p.grad.double().pow(2).sum()) for p in params))
         opt.step()
-        sched.step(1.0)
-    assert seen == [pytest.approx(sum(norms) / 5, rel=1e-5)]
+        sched.step(loss)
+    assert seen == [pytest.approx(math.sqrt(sum(squares) / 5), rel=1e-5)]
+
+
+def test_state_mid_interval_keeps_the_gradient_norms_seen_so_far(tmp_path):
+    policy = str(_policy_file(tmp_path))
+
+    def signals(sched):
+        seen = []
+        step = sched.scheduler.step
+        sched.scheduler.step = lambda sig: seen.append((sig.train_loss, sig.grad_norm)) or step(
+            sig
+        )
+        return seen
+
+    X, y, model = _problem()
+    ref_model = copy.deepcopy(model)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.05)
+    ref = TorchLRScheduler(ref_opt, "learned", path=policy, total_steps=40, interval=10)
+    ref_seen = signals(ref)
+    _train(ref_model, ref_opt, ref, X, y, 40)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = TorchLRScheduler(opt, "learned", path=policy, total_steps=40, interval=10)
+    first = signals(sched)
+    _train(model, opt, sched, X, y, 25)
+    blob = json.loads(json.dumps(sched.state_dict(), allow_nan=False))
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched2 = TorchLRScheduler(opt2, "learned", path=policy, total_steps=40, interval=10)
+    sched2.load_state_dict(blob)
+    second = signals(sched2)
+    _train(model, opt2, sched2, X, y, 15, start=25)
+    assert len(first + second) == len(ref_seen) == 4
+    for (a_loss, a_norm), (b_loss, b_norm) in zip(first + second, ref_seen, strict=True):
+        assert a_loss == pytest.approx(b_loss, rel=1e-6)
+        assert a_norm == pytest.approx(b_norm, rel=1e-5)
