@@ -6,7 +6,8 @@ The same small MLP (64-256-256-10, SGD with momentum, minibatch 64 from a fixed 
 data set) is trained for ``--steps`` optimizer steps three ways: a bare loop, the loop with
 ``TorchLRScheduler(opt, "greedy", interval=N)`` (reads the loss), and the loop with a learned
 policy at ``interval=N`` (reads the loss *and* the gradient norm: the adapter's most
-expensive case). Each repeat times the three variants back to back, in a rotating order,
+expensive case; also with ``grad_norm_every=5``, which measures the gradient norm on every
+fifth step). Each repeat times the variants back to back, in a rotating order,
 from the same initial weights and on the same minibatches, so that machine noise hits them
 alike; the overhead of a variant is the median over repeats of its time divided by the bare
 loop's time in the same repeat. Times are CPU times of this process (one torch thread), so
@@ -118,6 +119,16 @@ def main() -> None:
             f"learned (loss + gradient norm), interval {args.interval}": lambda o: (
                 TorchLRScheduler(
                     o, "learned", path=policy, total_steps=args.steps, interval=args.interval
+                )
+            ),
+            f"learned, grad_norm_every=5, interval {args.interval}": lambda o: (
+                TorchLRScheduler(
+                    o,
+                    "learned",
+                    path=policy,
+                    total_steps=args.steps,
+                    interval=args.interval,
+                    grad_norm_every=5,
                 )
             ),
         }

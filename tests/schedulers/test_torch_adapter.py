@@ -367,3 +367,27 @@ def test_state_mid_interval_keeps_the_gradient_norms_seen_so_far(tmp_path):
     for (a_loss, a_norm), (b_loss, b_norm) in zip(first + second, ref_seen, strict=True):
         assert a_loss == pytest.approx(b_loss, rel=1e-6)
         assert a_norm == pytest.approx(b_norm, rel=1e-5)
+
+
+def test_grad_norm_every_measures_a_subset_of_the_steps(tmp_path):
+    X, y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = TorchLRScheduler(
+        opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=6,
+        grad_norm_every=3,
+    )  # fmt: skip
+    seen = []
+    step = sched.scheduler.step
+    sched.scheduler.step = lambda sig: seen.append(sig.grad_norm) or step(sig)
+    squares = []
+    for i in range(6):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(X[i::6]), y[i::6]).backward()
+        if i % 3 == 0:  # steps 1 and 4 of the interval
+            squares.append(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+        opt.step()
+        sched.step(1.0)
+    assert seen == [pytest.approx(math.sqrt(sum(squares) / 2), rel=1e-5)]
+    assert json.loads(json.dumps(sched.state_dict()))["grad_norm_every"] == 3
+    with pytest.raises(ValueError, match="grad_norm_every"):
+        TorchLRScheduler(opt, "greedy", grad_norm_every=0)
