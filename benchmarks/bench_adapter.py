@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_adapter.py [--interval 50]
 
 The same small MLP (64-256-256-10, SGD with momentum, minibatch 64 from a fixed random
-data set) is trained for ``--steps`` optimizer steps three ways: a bare loop, the loop with
+data set) is trained for ``--steps`` optimizer steps in four variants: a bare loop, the loop with
 ``TorchLRScheduler(opt, "greedy", interval=N)`` (reads the loss), and the loop with a learned
 policy at ``interval=N`` (reads the loss *and* the gradient norm: the adapter's most
 expensive case; also with ``grad_norm_every=5``, which measures the gradient norm on every
