@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_torch_tasks.py
 	$(PY) benchmarks/bench_multicopy.py
+	$(PY) benchmarks/bench_adapter.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
