@@ -43,6 +43,10 @@ __all__ = ["TorchLRScheduler"]
 #: read (one device-to-host copy for the whole interval) only when the scheduler decides.
 _Scalar = float | torch.Tensor
 
+#: Per-tensor gradient norms kept before they are folded into one device scalar (bounds the
+#: memory of long intervals on models with many parameter tensors).
+_FOLD_AT = 4096
+
 
 def _as_scalar(x: Any, what: str) -> _Scalar:
     """Return ``x`` as a float, or as a detached 0-d tensor without reading its value."""
@@ -67,8 +71,7 @@ def _to_floats(values: list[_Scalar]) -> list[float]:
     try:
         stacked = torch.stack(tensors)  # one device (the usual case): one kernel
     except RuntimeError:  # tensors on several devices: gather them on the first one
-        device = tensors[0].device
-        stacked = torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+        stacked = torch.stack([t.to(tensors[0].device) for t in tensors])
     read = iter(stacked.tolist())
     return [float(next(read)) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
@@ -190,6 +193,7 @@ class TorchLRScheduler(LRScheduler):
         self._pending_val: _Scalar | None = None
         self._grad_sq = 0.0  # sum of squared global gradient norms already read (resumed)
         self._grad_norms: list[torch.Tensor] = []  # per-tensor norms of the steps, unread
+        self._grad_folded: _Scalar = 0.0  # sum of squares of earlier norms, on the device
         self._grad_n = 0
         self._initialised = False
         super().__init__(optimizer)
@@ -221,6 +225,9 @@ class TorchLRScheduler(LRScheduler):
         ):
             self._grad_norms.extend(_gradient_norms(self.optimizer))
             self._grad_n += 1
+            if len(self._grad_norms) >= _FOLD_AT:
+                self._grad_folded = self._grad_folded + _sum_of_squares(self._grad_norms)
+                self._grad_norms = []
         self.inner_steps += 1
         self.last_epoch = self.inner_steps
         self._step_count += 1
@@ -231,7 +238,7 @@ class TorchLRScheduler(LRScheduler):
     def _read_pending(self) -> tuple[list[float], float | None, float]:
         """Return the interval's losses, validation loss and sum of squared gradient norms."""
         extra = [] if self._pending_val is None else [self._pending_val]
-        squares = _sum_of_squares(self._grad_norms)
+        squares = self._grad_folded + _sum_of_squares(self._grad_norms)
         values = _to_floats([*self._pending, squares, *extra])  # the one host read
         n = len(self._pending)
         val = values[n + 1] if extra else None
@@ -257,7 +264,7 @@ class TorchLRScheduler(LRScheduler):
             losses=losses,
         )
         self._pending, self._pending_val = [], None
-        self._grad_sq, self._grad_norms, self._grad_n = 0.0, [], 0
+        self._grad_sq, self._grad_norms, self._grad_folded, self._grad_n = 0.0, [], 0.0, 0
         self.scheduler.step(signal)
         self._apply()
 
@@ -311,7 +318,7 @@ class TorchLRScheduler(LRScheduler):
         else:  # an older state summed the norms: the mean norm, squared, stands in
             mean = decode_float(state_dict["grad_sum"]) / max(self._grad_n, 1)
             self._grad_sq = mean * mean * self._grad_n
-        self._grad_norms = []
+        self._grad_norms, self._grad_folded = [], 0.0
         self.base_lrs = list(state_dict["base_lrs"])
         self._initialised = True
         self._apply()

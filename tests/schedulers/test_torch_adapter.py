@@ -309,8 +309,12 @@ def test_no_host_reads_between_decisions(tmp_path, monkeypatch):
             assert reads[before:] == ["tolist"], reads[before:]  # one read per decision
 
 
-def test_gradient_norm_is_the_rms_global_norm_of_the_interval(tmp_path):
+@pytest.mark.parametrize("fold_at", [4096, 3])
+def test_gradient_norm_is_the_rms_global_norm_of_the_interval(tmp_path, monkeypatch, fold_at):
     """As the inner tasks report it: root mean square over steps of the global norm."""
+    from metasched.schedulers import torch_adapter
+
+    monkeypatch.setattr(torch_adapter, "_FOLD_AT", fold_at)  # 3: folded every step or two
     X, y, model = _problem()
     frozen = torch.nn.Linear(2, 1)  # a group whose gradients come and go
     opt = torch.optim.SGD([{"params": model.parameters()}, {"params": frozen.parameters()}])
