@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import threadpoolctl
 import torch
 
 from metasched import cli
@@ -93,7 +94,8 @@ def _cli_process_state():
     threads = torch.get_num_threads()
     env = dict(os.environ)
     try:
-        yield
+        with threadpoolctl.threadpool_limits(limits=None):  # restores the BLAS pools on exit
+            yield
     finally:
         torch.set_num_threads(threads)
         os.environ.clear()
