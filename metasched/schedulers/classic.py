@@ -104,6 +104,8 @@ def _resolve(value: int | float, budget: int) -> int:
     """Return the steps of a length option: ints as given, fractions rounded (>= 1)."""
     if isinstance(value, int):
         return value
+    if budget < 1:  # a schedule with a fractional length that did not set needs_budget
+        raise ValueError(f"a length of {value!r} (a fraction of the run) needs the budget")
     return max(1, math.floor(value * budget + 0.5))
 
 
