@@ -270,7 +270,7 @@ class NMFTask(InnerTask, GradientTask):
         )
 
     def _draw_noise(self, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Unit gradient noise of ``n_steps`` steps, ``(n_steps, b, r)`` and ``(n_steps, r, n)``.
+        """Draw the unit gradient noise of ``n_steps`` steps, shaped ``(n, b, r)``, ``(n, r, n)``.
 
         Isotropic per block, scaled in the step by the variance that N(0, sigma^2) noise on
         the observed V_B would induce: E||eps H^T||^2 / n^2 and E||W_B^T eps||^2 / (b n)^2.
@@ -402,7 +402,7 @@ class NMFTask(InnerTask, GradientTask):
             self._plan = self._draw_noise(n_steps)
 
     def gradient_noise(self) -> list[np.ndarray] | None:
-        """The additive noise inside the last gradients ``[ξ_W, ξ_H]`` (``None`` if none)."""
+        """Return the additive noise inside the last gradients, ``[ξ_W, ξ_H]`` (or ``None``)."""
         return self._last_noise
 
     def project(self, params: list[np.ndarray]) -> None:

@@ -104,7 +104,7 @@ class _Peer(Scheduler):
         return dict(self._options)
 
     def _effective_lr(self) -> float:
-        """The optimizer's current step size (what the trace reports as the LR)."""
+        """Return the optimizer's current step size (what the trace reports as the LR)."""
         group = self._opt.param_groups[0] if self._opt is not None else None
         if group is None:
             return self._initial_lr(self.base)
