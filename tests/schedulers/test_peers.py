@@ -85,7 +85,7 @@ def test_runs_projected_on_nmf(name):
 
 
 def test_schedulefree_refuses_projected_tasks():
-    with pytest.raises(ConfigError, match="schedulefree.*projected"):
+    with pytest.raises(ConfigError, match=r"schedulefree.*projected"):
         run_schedule(FAMILY.make("test", 0), make_scheduler("schedulefree"), budget=50, interval=50)
 
 
