@@ -261,8 +261,10 @@ class AutoLRSScheduler(Scheduler):
         >>> task = NMFTask.from_matrix(np.ones((30, 20)), rank=2, batch_size=8)
         >>> s = AutoLRSScheduler(k=4, tau=100)
         >>> tr = run_schedule(task, s, budget=300, interval=50)
-        >>> [h["tau"] for h in s.history], tr.extra_steps
-        ([100, 200], 120)
+        >>> [h["tau"] for h in s.history], s.extra_evals  # one full evaluation per stage
+        ([100, 200], 2)
+        >>> tr.extra_steps  # BO trials 4 x 10 + 4 x 20 steps, + 2 evaluations at 0.74 steps
+        121
     """
 
     name = "autolrs"

@@ -99,9 +99,12 @@ class PBTScheduler(Scheduler):
         >>> from metasched.inner_tasks.nmf import NMFTask
         >>> from metasched.schedulers import run_schedule
         >>> task = NMFTask.from_matrix(np.ones((30, 20)), rank=2, batch_size=8)
-        >>> tr = run_schedule(task, PBTScheduler(population=4, ready=2), budget=200, interval=25)
-        >>> tr.extra_steps, bool(tr.final_loss < tr["train_loss"][0])
-        (600, True)
+        >>> s = PBTScheduler(population=4, ready=2)
+        >>> tr = run_schedule(task, s, budget=200, interval=25)
+        >>> s.extra_evals, bool(tr.final_loss < tr["train_loss"][0])  # 4 members x 8 intervals
+        (32, True)
+        >>> tr.extra_steps  # 3 other members x 200 steps + 32 evaluations at 0.74 steps
+        624
     """
 
     name = "pbt"
