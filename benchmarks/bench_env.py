@@ -1,25 +1,33 @@
 """Environment benchmarks for stochastic NMF (run: ``python benchmarks/bench_env.py``).
 
-Measures, side by side in one run, on one core (one BLAS / torch thread):
+Measures, side by side in one run, comparing equal work only: the same dtype on both sides
+(float64 against float64, float32 against float32, reported separately), the same
+bookkeeping (update norms measured on both sides or on neither) and one process against one
+process; figures that use several processes are labelled ``multi-process`` and are not
+equal-work ratios.
 
 1. env overhead: ``env.step`` vs the task's own ``train`` for the same inner steps
-   (target <= 1.10x);
-2. single-instance NMF throughput, m=200, n=100, r=10, minibatch 32 (target >= 20,000
-   inner steps/s);
-3. batched NMF, B=64, vs 64 single instances stepped in a loop (target >= 8x), with the
-   exact kernel (the target's) and the fast one;
+   (float64 both, update norms both, one process; target <= 1.10x);
+2. single-instance NMF throughput, m=200, n=100, r=10, minibatch 32 (float64; target >=
+   20,000 inner steps/s);
+3. batched NMF, B=64, vs 64 single instances stepped in a loop (target >= 8x), one process:
+   ``float64``: 64 ``NMFTask`` (float64, update norms) against ``BatchedNMF`` in float64
+   with update norms, exact and fast kernel; ``float32``: 64 one-slot ``BatchedNMF`` in a
+   loop against one 64-slot ``BatchedNMF``, same kernel on both sides — the exact kernel
+   (update norms on both) and the fast kernel (update norms on neither, as the vector env
+   calls it);
 4. vector envs, env only (no agent): transitions per second (``VecEnv.step`` calls x
    ``num_envs``) with random valid actions on ``metasched/NMF-v0`` (default env kwargs,
-   split ``train``) of an SB3 ``DummyVecEnv`` of 8 ``LRControlEnv``, SB3 ``SubprocVecEnv``
-   with 2 and 4 envs (one process each), ``BatchedNMFVecEnv`` in its pre-bucketing
-   configuration (64 envs, exact kernel, family-max padding, one process) and
-   ``BatchedNMFVecEnv`` with its defaults (bucketed, fast kernel, 2 processes) at several
-   ``num_envs``; plus the ratios to ``DummyVecEnv`` (targets: batched >= 4,000
-   transitions/s and >= 5x ``DummyVecEnv``). The timed window is a whole number of
-   episodes (40 decisions each), so the episode resets are part of the measurement.
+   split ``train``). Single process, float64 on both sides: an SB3 ``DummyVecEnv`` of 8
+   ``LRControlEnv`` against ``BatchedNMFVecEnv`` in float64 with one process (the exact and
+   the fast kernel). There is no float32 single env, so the float32 batched env has no
+   equal-work baseline: its rows are absolute rates. Multi-process (labelled): SB3
+   ``SubprocVecEnv`` with 2 and 4 envs (one process each) and ``BatchedNMFVecEnv`` with its
+   defaults (bucketed, fast kernel, float32, 2 processes) at several ``num_envs``; their
+   ratios to the single-process ``DummyVecEnv`` mix process counts (and dtypes) and say so.
+   The timed window is a whole number of episodes (40 decisions each), so the episode
+   resets are part of the measurement.
 
-Sections 1-3 run on one core (one BLAS / torch thread); section 4 uses both cores through
-processes (``SubprocVecEnv`` workers, ``BatchedNMFVecEnv`` workers), one thread each.
 ``--only-vecenv`` runs section 4 alone; ``--batched-envs`` picks its ``num_envs`` values.
 """
 
@@ -96,44 +104,85 @@ def bench_single(steps: int, repeats: int) -> dict[str, float]:
     return {"steps_per_s": steps / best_of(run, repeats)}
 
 
-def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, float]:
-    """Problem-steps per second: batched B instances vs B single instances in a loop."""
+def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, object]:
+    """Problem-steps per second: one B-slot batch vs B single instances, equal work.
+
+    Returns one block per dtype; each compares the same kernel (or, in float64, the single
+    task's own arithmetic) with the same bookkeeping on both sides, in one process.
+    """
     from metasched.inner_tasks.nmf_batched import BatchedNMF
 
-    tasks = [NMFTask.from_config(CFG) for _ in range(n_slots)]
-    gens = [np.random.default_rng(i) for i in range(n_slots)]
-    for t, g in zip(tasks, gens, strict=True):
-        t.reset(g)
-    lr = 0.3 * tasks[0].lr_bound()
-    batched = BatchedNMF.from_tasks(tasks, [np.random.default_rng(i) for i in range(n_slots)])
-    fast = BatchedNMF.from_tasks(
-        tasks, [np.random.default_rng(i) for i in range(n_slots)], kernel="fast"
-    )
+    def tasks() -> list[NMFTask]:
+        out = [NMFTask.from_config(CFG) for _ in range(n_slots)]
+        for i, t in enumerate(out):
+            t.reset(np.random.default_rng(i))
+        return out
+
+    singles = tasks()
+    lr = 0.3 * singles[0].lr_bound()
     lrs = np.full(n_slots, lr)
-
-    def run_loop() -> None:
-        for _ in range(calls):
-            for t in tasks:
-                t.train(50, lr)
-
-    def run_batched() -> None:
-        for _ in range(calls):
-            batched.train(50, lrs)
-
-    def run_fast() -> None:  # as the vector env calls it (no update norms)
-        for _ in range(calls):
-            fast.train(50, lrs, track_updates=False)
-
     work = n_slots * calls * 50
-    loop_rate = work / best_of(run_loop, repeats)
-    batched_rate = work / best_of(run_batched, repeats)
-    fast_rate = work / best_of(run_fast, repeats)
+
+    def batch(kernel: str, dtype: torch.dtype) -> BatchedNMF:
+        gens = [np.random.default_rng(i) for i in range(n_slots)]
+        return BatchedNMF.from_tasks(tasks(), gens, kernel=kernel, dtype=dtype)
+
+    def one_slot_batches(kernel: str, dtype: torch.dtype) -> list[BatchedNMF]:
+        return [
+            BatchedNMF.from_tasks([t], [np.random.default_rng(i)], kernel=kernel, dtype=dtype)
+            for i, t in enumerate(tasks())
+        ]
+
+    def rate_loop_tasks() -> float:
+        def run() -> None:
+            for _ in range(calls):
+                for t in singles:
+                    t.train(50, lr)  # NMFTask always measures update norms
+
+        return work / best_of(run, repeats)
+
+    def rate_batch(b: BatchedNMF, track: bool) -> float:
+        def run() -> None:
+            for _ in range(calls):
+                b.train(50, lrs, track_updates=track)
+
+        return work / best_of(run, repeats)
+
+    def rate_loop_batches(bs: list[BatchedNMF], track: bool) -> float:
+        one = np.full(1, lr)
+
+        def run() -> None:
+            for _ in range(calls):
+                for b in bs:
+                    b.train(50, one, track_updates=track)
+
+        return work / best_of(run, repeats)
+
+    loop64 = rate_loop_tasks()
+    exact64 = rate_batch(batch("exact", torch.float64), True)
+    fast64 = rate_batch(batch("fast", torch.float64), True)
+    loop32_exact = rate_loop_batches(one_slot_batches("exact", torch.float32), True)
+    exact32 = rate_batch(batch("exact", torch.float32), True)
+    loop32_fast = rate_loop_batches(one_slot_batches("fast", torch.float32), False)
+    fast32 = rate_batch(batch("fast", torch.float32), False)
     return {
-        "loop_problem_steps_per_s": loop_rate,
-        "batched_problem_steps_per_s": batched_rate,
-        "speedup": batched_rate / loop_rate,
-        "fast_kernel_problem_steps_per_s": fast_rate,
-        "fast_kernel_speedup": fast_rate / loop_rate,
+        "float64": {
+            "loop_of_NMFTask_problem_steps_per_s": loop64,
+            "batched_exact_problem_steps_per_s": exact64,
+            "batched_fast_problem_steps_per_s": fast64,
+            "speedup_exact": exact64 / loop64,
+            "speedup_fast": fast64 / loop64,
+            "bookkeeping": "update norms on both sides",
+        },
+        "float32": {
+            "loop_of_1slot_exact_problem_steps_per_s": loop32_exact,
+            "batched_exact_problem_steps_per_s": exact32,
+            "speedup_exact": exact32 / loop32_exact,
+            "loop_of_1slot_fast_problem_steps_per_s": loop32_fast,
+            "batched_fast_problem_steps_per_s": fast32,
+            "speedup_fast": fast32 / loop32_fast,
+            "bookkeeping": "exact: update norms on both sides; fast: on neither",
+        },
     }
 
 
@@ -173,34 +222,54 @@ def time_vecenv(venv, warmup: int, steps: int, seed: int = 0) -> dict[str, float
 def bench_vecenvs(
     batched_envs: Sequence[int], warmup: int, steps: int, baseline: bool = True
 ) -> dict[str, object]:
-    """Side by side: DummyVecEnv(8), SubprocVecEnv(2 procs), BatchedNMFVecEnv(num_envs)."""
+    """Single-process float64 comparisons, then the labelled multi-process figures."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from metasched.envs.batched import BatchedNMFVecEnv
 
-    report: dict[str, object] = {}
-    report["dummy_8"] = time_vecenv(DummyVecEnv([_make_single_env] * 8), warmup, steps)
+    single: dict[str, object] = {}
+    single["dummy_8_float64"] = time_vecenv(DummyVecEnv([_make_single_env] * 8), warmup, steps)
+    for kernel in ("exact", "fast"):
+        venv = BatchedNMFVecEnv(
+            num_envs=64, split="train", seed=0, kernel=kernel, dtype=torch.float64, n_processes=1
+        )
+        single[f"batched_64_{kernel}_float64"] = time_vecenv(venv, warmup, steps)
+    if baseline:
+        # the pre-bucketing configuration: exact kernel, family-max padding, one process
+        venv = BatchedNMFVecEnv(
+            num_envs=64,
+            seed=0,
+            kernel="exact",
+            bucketing=False,
+            n_processes=1,
+            dtype=torch.float64,
+        )
+        single["batched_64_exact_unbucketed_float64"] = time_vecenv(venv, warmup, steps)
+    venv = BatchedNMFVecEnv(num_envs=64, split="train", seed=0, n_processes=1)
+    single["batched_64_fast_float32_no_equal_work_baseline"] = time_vecenv(venv, warmup, steps)
+    base = single["dummy_8_float64"]["transitions_per_s"]
+    single["ratios_float64_to_dummy"] = {
+        key: row["transitions_per_s"] / base
+        for key, row in single.items()
+        if isinstance(row, dict) and key.endswith("float64")
+    }
+
+    multi: dict[str, object] = {}
     for n in (2, 4):
         # one process per env: n=4 oversubscribes the 2 cores (as 4 SB3 workers would)
         venv = SubprocVecEnv([_make_single_env] * n, start_method="forkserver")
-        report[f"subproc_{n}"] = time_vecenv(venv, warmup, steps)
-    if baseline:
-        # the pre-bucketing configuration: exact kernel, family-max padding, one process
-        venv = BatchedNMFVecEnv(num_envs=64, seed=0, kernel="exact", bucketing=False, n_processes=1)
-        row = time_vecenv(venv, warmup, steps)
-        report["batched_64_exact_unbucketed_1proc"] = row
+        multi[f"subproc_{n}_float64"] = time_vecenv(venv, warmup, steps)
     for n in batched_envs:
         venv = BatchedNMFVecEnv(num_envs=n, split="train", seed=0)
         row = time_vecenv(venv, warmup, steps)
         row["n_processes"] = venv.n_processes
-        report[f"batched_{n}"] = row
-    base = report["dummy_8"]["transitions_per_s"]
-    report["ratios_to_dummy"] = {
+        multi[f"batched_{n}_float32_default"] = row
+    multi["ratios_to_single_process_dummy_8_float64"] = {
         key: row["transitions_per_s"] / base
-        for key, row in report.items()
+        for key, row in multi.items()
         if isinstance(row, dict) and "transitions_per_s" in row
     }
-    return report
+    return {"single_process": single, "multi_process": multi}
 
 
 def main() -> None:

@@ -39,6 +39,17 @@ Design rules (what an implementation must guarantee):
   ``apply_update`` draw nothing. A step through this interface at one scalar step size
   should equal ``train(1, step)`` (NMF guarantees it bit for bit), so restoring a snapshot
   and stepping again replays the same minibatches.
+* **Same randomness as** ``train``: a scheduler that takes ``n`` steps through this
+  interface first calls :meth:`GradientTask.plan_steps` with ``n``; the task then draws the
+  minibatches and gradient noise of those steps exactly as ``train(n, lr)`` would (NMF draws
+  an interval's noise in one block), so every scheduler on a paired problem — HD, SLS, the
+  LR-free peers and the interval-at-a-time ones — sees the same noise stream.
+* **The objective stepped on**: :meth:`GradientTask.gradient_noise` returns the additive
+  noise ``ξ`` inside the last gradient, so a line search can test the objective the noisy
+  step descends, ``f_i(θ) + ⟨ξ, θ⟩`` (see :mod:`~metasched.schedulers.sls`).
+* **Constraints**: :attr:`GradientTask.projected` says whether ``P`` is not the identity
+  and :meth:`GradientTask.project` applies it to parameter blocks an outside optimizer
+  produced (the LR-free peers, :mod:`~metasched.schedulers.peers`).
 * **Divergence** is judged by :meth:`GradientTask.is_diverged` with the same rule ``train``
   uses (a non-finite or exploding minibatch loss; a collapsed or non-finite parameter state).
 
@@ -52,7 +63,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -101,6 +112,9 @@ class GradientTask(abc.ABC):
     docstring for the guarantees an implementation gives.
     """
 
+    #: Whether :meth:`apply_update` projects onto a constraint set (``P`` is not the identity).
+    projected: ClassVar[bool] = False
+
     @abc.abstractmethod
     def parameter_blocks(self) -> list[tuple[str, tuple[int, ...]]]:
         """Return ``(name, shape)`` of every parameter block, in a fixed order."""
@@ -135,6 +149,29 @@ class GradientTask(abc.ABC):
         self, grads: Sequence[np.ndarray], step_sizes: Sequence[StepSize]
     ) -> UpdateResult:
         """Apply ``p <- P(p - s * M g)`` to every block (``s`` a float or per-entry array)."""
+
+    def plan_steps(self, n_steps: int) -> None:  # noqa: B027 - optional hook
+        """Announce that the next ``n_steps`` steps go through this interface.
+
+        A task whose ``train(n)`` draws the randomness of ``n`` steps in one block (NMF's
+        gradient noise) draws it the same way here, so those steps see exactly the
+        minibatches and noise ``train(n_steps, lr)`` would. The default does nothing (the
+        task's per-step draws already match).
+        """
+
+    def gradient_noise(self) -> list[np.ndarray] | None:
+        """Return the additive noise inside the last :meth:`minibatch_gradients` result.
+
+        ``None`` (the default) when the task adds none. With noise ``ξ`` the gradient is that
+        of the minibatch objective ``f_i(θ) + ⟨ξ, θ⟩``.
+        """
+        return None
+
+    def project(self, params: list[np.ndarray]) -> None:  # noqa: B027 - optional hook
+        """Project parameter blocks onto the task's feasible set, in place (``P`` above).
+
+        The identity by default; NMF clamps at zero.
+        """
 
     def batches_per_epoch(self) -> float | None:
         """Return training-set size over minibatch size (``None`` if the task has no epochs).

@@ -166,6 +166,10 @@ class NMFTask(InnerTask, GradientTask):
         self._rng = np.random.default_rng(0)
         self._noise_gen = torch.Generator().manual_seed(0)
         self._ref_loss = 1.0
+        self._clear_plan()
+
+    #: ``apply_update`` clamps the factors at zero.
+    projected = True
 
     @classmethod
     def from_matrix(cls, V: Any, rank: int, **kwargs: Any) -> NMFTask:
@@ -193,6 +197,7 @@ class NMFTask(InnerTask, GradientTask):
         self._rng = np.random.default_rng(generator.integers(2**63))
         self._noise_gen = torch.Generator().manual_seed(int(generator.integers(2**63)))
         self._ref_loss = max(self.evaluate(), 1e-300)
+        self._clear_plan()
 
     def train(self, n_steps: int, lr: float) -> StepStats:
         """Run ``n_steps`` projected SGD steps at ``lr`` (stops at the first divergence)."""
@@ -203,14 +208,10 @@ class NMFTask(InnerTask, GradientTask):
         W, H, V = self.W, self.H, self.V
         b, n, r = self.batch_size, self.n, self.rank
         rng, sigma, cap = self._rng, self.grad_noise, self.update_cap
+        self._clear_plan()
         rows = (rng.random((n_steps, b)) * self.m).astype(np.intp)
         if sigma > 0:
-            # isotropic per block, with the variance that N(0, sigma^2) noise on the observed
-            # V_B would induce: E||eps H^T||^2 / n^2 and E||W_B^T eps||^2 / (b n)^2
-            # float32 normals from torch's vectorised sampler: ~3x cheaper than numpy's
-            noise = torch.randn(n_steps * (b * r + r * n), generator=self._noise_gen).numpy()
-            noise_w = noise[: n_steps * b * r].reshape(n_steps, b, r)
-            noise_h = noise[n_steps * b * r :].reshape(n_steps, r, n)
+            noise_w, noise_h = self._draw_noise(n_steps)
             sw = sigma / (n * math.sqrt(r))
             sh = sigma / (b * n * math.sqrt(r))
         losses = np.empty(n_steps)
@@ -268,6 +269,26 @@ class NMFTask(InnerTask, GradientTask):
             n_increasing=int(ups),
         )
 
+    def _draw_noise(self, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw the unit gradient noise of ``n_steps`` steps, shaped ``(n, b, r)``, ``(n, r, n)``.
+
+        Isotropic per block, scaled in the step by the variance that N(0, sigma^2) noise on
+        the observed V_B would induce: E||eps H^T||^2 / n^2 and E||W_B^T eps||^2 / (b n)^2.
+        float32 normals from torch's vectorised sampler (~3x cheaper than numpy's), one
+        block per interval: ``train(n)`` and ``plan_steps(n)`` draw the same.
+        """
+        b, n, r = self.batch_size, self.n, self.rank
+        noise = torch.randn(n_steps * (b * r + r * n), generator=self._noise_gen).numpy()
+        return (
+            noise[: n_steps * b * r].reshape(n_steps, b, r),
+            noise[n_steps * b * r :].reshape(n_steps, r, n),
+        )
+
+    def _clear_plan(self) -> None:
+        self._plan: tuple[np.ndarray, np.ndarray] | None = None
+        self._plan_pos = 0
+        self._last_noise: list[np.ndarray] | None = None
+
     def evaluate(self) -> float:
         """Full-data loss ``||V - WH||_F^2 / (2 m n)``."""
         with np.errstate(over="ignore", invalid="ignore"):
@@ -287,6 +308,7 @@ class NMFTask(InnerTask, GradientTask):
             "rng": self._rng.bit_generator.state,
             "noise_rng": self._noise_gen.get_state(),
             "ref_loss": self._ref_loss,
+            "plan": None if self._plan is None else (self._plan, self._plan_pos),
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -298,6 +320,9 @@ class NMFTask(InnerTask, GradientTask):
         self._noise_gen = torch.Generator()
         self._noise_gen.set_state(snap["noise_rng"])
         self._ref_loss = snap["ref_loss"]
+        self._clear_plan()
+        if snap.get("plan") is not None:  # arrays are never written to: sharing is safe
+            self._plan, self._plan_pos = snap["plan"]
 
     # -- GradientTask (per-step access for hypergradient descent and line search) --------
     def parameter_blocks(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -347,15 +372,43 @@ class NMFTask(InnerTask, GradientTask):
             loss = 0.5 * float(np.vdot(res, res)) * (1.0 / (b * n))
             gw = (res @ H.T) * (1.0 / n)
             gh = (wb.T @ res) * (1.0 / (b * n))
+            self._last_noise = None
             if self.grad_noise > 0:
-                noise = torch.randn(b * r + r * n, generator=self._noise_gen).numpy()
+                if self._plan is not None and self._plan_pos < len(self._plan[0]):
+                    unit_w = self._plan[0][self._plan_pos]
+                    unit_h = self._plan[1][self._plan_pos]
+                    self._plan_pos += 1
+                else:
+                    self._plan = None
+                    unit_w, unit_h = (x[0] for x in self._draw_noise(1))
                 sw = self.grad_noise / (n * math.sqrt(r))
                 sh = self.grad_noise / (b * n * math.sqrt(r))
-                gw += noise[: b * r].reshape(b, r) * (sw * math.sqrt(float(np.vdot(H, H))))
-                gh += noise[b * r :].reshape(r, n) * (sh * math.sqrt(float(np.vdot(wb, wb))))
+                xi_w = unit_w * (sw * math.sqrt(float(np.vdot(H, H))))
+                xi_h = unit_h * (sh * math.sqrt(float(np.vdot(wb, wb))))
+                gw += xi_w
+                gh += xi_h
+                noise_w = np.zeros_like(W)
+                noise_w[batch] = xi_w * (1.0 / b)
+                self._last_noise = [noise_w, xi_h.astype(np.float64)]
         g_w = np.zeros_like(W)
         g_w[batch] = gw * (1.0 / b)
         return loss, [g_w, gh]
+
+    def plan_steps(self, n_steps: int) -> None:
+        """Draw the gradient noise of the next ``n_steps`` steps in one block, as ``train``."""
+        n_steps = int(n_steps)
+        self._clear_plan()
+        if self.grad_noise > 0 and n_steps > 0:
+            self._plan = self._draw_noise(n_steps)
+
+    def gradient_noise(self) -> list[np.ndarray] | None:
+        """Return the additive noise inside the last gradients, ``[ξ_W, ξ_H]`` (or ``None``)."""
+        return self._last_noise
+
+    def project(self, params: list[np.ndarray]) -> None:
+        """Clamp every block at zero, in place."""
+        for p in params:
+            np.maximum(p, 0.0, out=p)
 
     def apply_update(self, grads: Any, step_sizes: Any) -> UpdateResult:
         """Projected step ``p <- max(0, p - s * M g)`` per block (``M``: ``b`` on W, 1 on H).

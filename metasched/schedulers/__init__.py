@@ -5,8 +5,9 @@ Every scheduler is built by name from the registry, driven by
 
     >>> from metasched.schedulers import SCHEDULERS, make_scheduler
     >>> sorted(SCHEDULERS)  # doctest: +NORMALIZE_WHITESPACE
-    ['autolrs', 'constant', 'cosine', 'cyclic', 'exponential', 'greedy', 'hypergradient',
-     'learned', 'linear', 'onecycle', 'pbt', 'probe', 'rules', 'sgdr', 'sls', 'step']
+    ['autolrs', 'constant', 'cosine', 'cyclic', 'dadapt', 'exponential', 'greedy',
+     'hypergradient', 'learned', 'linear', 'onecycle', 'pbt', 'probe', 'prodigy', 'rules',
+     'schedulefree', 'sgdr', 'sls', 'step', 'wsd']
     >>> make_scheduler("sgdr", t_mult=1)
     SGDRSchedule(first_cycle=0.1, t_mult=1, min_ratio=0.0, decay=1.0)
 
@@ -31,11 +32,13 @@ from metasched.schedulers.classic import (
     OneCycleSchedule,
     SGDRSchedule,
     StepSchedule,
+    WSDSchedule,
 )
 from metasched.schedulers.greedy import GreedyLR
 from metasched.schedulers.hypergradient import HypergradientScheduler
 from metasched.schedulers.learned import LearnedScheduler
 from metasched.schedulers.pbt import PBTScheduler
+from metasched.schedulers.peers import DAdaptSGDPeer, ProdigyPeer, ScheduleFreeSGDPeer
 from metasched.schedulers.probe import ProbeScheduler
 from metasched.schedulers.rules import RulesScheduler
 from metasched.schedulers.runner import TRACE_COLUMNS, Run, Trace, run_schedule
@@ -49,6 +52,7 @@ __all__ = [
     "ConstantSchedule",
     "CosineSchedule",
     "CyclicSchedule",
+    "DAdaptSGDPeer",
     "ExponentialSchedule",
     "GreedyLR",
     "HypergradientScheduler",
@@ -57,14 +61,17 @@ __all__ = [
     "OneCycleSchedule",
     "PBTScheduler",
     "ProbeScheduler",
+    "ProdigyPeer",
     "RulesScheduler",
     "Run",
     "SGDRSchedule",
+    "ScheduleFreeSGDPeer",
     "Scheduler",
     "StepSchedule",
     "StochasticLineSearch",
     "TorchLRScheduler",
     "Trace",
+    "WSDSchedule",
     "make_scheduler",
     "register",
     "run_schedule",

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from metasched.inner_tasks.costs import eval_cost
 from metasched.loop import Driver, IntervalInfo
 from metasched.schedulers.base import Scheduler, check_int, check_positive, register
 from metasched.schedulers.state_codec import decode_tree, encode_tree
@@ -260,8 +261,10 @@ class AutoLRSScheduler(Scheduler):
         >>> task = NMFTask.from_matrix(np.ones((30, 20)), rank=2, batch_size=8)
         >>> s = AutoLRSScheduler(k=4, tau=100)
         >>> tr = run_schedule(task, s, budget=300, interval=50)
-        >>> [h["tau"] for h in s.history], tr.extra_steps
-        ([100, 200], 120)
+        >>> [h["tau"] for h in s.history], s.extra_evals  # one full evaluation per stage
+        ([100, 200], 2)
+        >>> tr.extra_steps  # BO trials 4 x 10 + 4 x 20 steps, + 2 evaluations at 0.74 steps
+        121
     """
 
     name = "autolrs"
@@ -317,13 +320,15 @@ class AutoLRSScheduler(Scheduler):
         self.stage_left = 0
         self._extra_steps = 0
         self.extra_evals = 0
+        #: Training-step equivalents of :attr:`extra_evals` (see ``eval_cost``).
+        self.eval_steps = 0.0
         #: One record per stage: step, tau, trial steps, LRs tried, forecasts, chosen LR.
         self.history: list[dict[str, Any]] = []
 
     @property
     def extra_steps(self) -> int:
-        """Inner steps spent in BO trials."""
-        return self._extra_steps
+        """Inner steps spent in BO trials plus the stage-start evaluations (``eval_cost``)."""
+        return self._extra_steps + round(self.eval_steps)
 
     def bounds(self, base_lr: float) -> tuple[float, float]:
         """Return the search range ``lr_range × base_lr``."""
@@ -365,6 +370,7 @@ class AutoLRSScheduler(Scheduler):
         task = driver.task
         ref = float(task.evaluate())
         self.extra_evals += 1
+        self.eval_steps += eval_cost(task)
         penalty = math.log(max(10.0 * ref, 1e-300)) if math.isfinite(ref) else 0.0
         forecasts: list[float] = []
 
@@ -405,12 +411,14 @@ class AutoLRSScheduler(Scheduler):
                 "stage_left": self.stage_left,
                 "extra_steps": self._extra_steps,
                 "extra_evals": self.extra_evals,
+                "eval_steps": self.eval_steps,
                 "history": self.history,
             }
         )
 
     def _set_state(self, state: dict[str, Any]) -> None:
         st = decode_tree(state)
+        self.eval_steps = float(st.get("eval_steps", 0.0))
         self.tau = int(st["tau"])
         self.stage_left = int(st["stage_left"])
         self._extra_steps = int(st["extra_steps"])

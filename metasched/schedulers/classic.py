@@ -61,6 +61,7 @@ __all__ = [
     "OneCycleSchedule",
     "SGDRSchedule",
     "StepSchedule",
+    "WSDSchedule",
 ]
 
 #: Warmup starts at ``WARMUP_START * b`` at ``t = 0`` and rises linearly to ``b`` at
@@ -551,6 +552,86 @@ class CosineSchedule(_WarmupDecay):
 
     def _decay(self, s: float) -> float:
         return self._min + (1.0 - self._min) * 0.5 * (1.0 + math.cos(math.pi * s))
+
+
+@register
+class WSDSchedule(_WarmupDecay):
+    """Warmup-stable-decay: optional linear warmup, a constant stage, then a final cooldown.
+
+    With ``w`` the resolved warmup, ``c`` the resolved cooldown and ``T`` the budget: the
+    warmup line ``lr = b * (0.01 + 0.99 * t / w)`` for ``t < w``, ``lr = b`` up to
+    ``T - c``, then the cooldown ``lr = b * (f + (1 - f) * shape(u))`` with
+    ``u = (t - (T - c)) / c`` in [0, 1] and ``f = final_ratio``, and ``b * f`` after ``T``.
+    Shapes: ``"1-sqrt"`` (default) ``shape(u) = 1 - sqrt(u)``; ``"linear"``
+    ``shape(u) = 1 - u``. The schedule of Hu et al. 2024 ("MiniCPM") and Hägele et al. 2024
+    ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations"), whose
+    cooldown of 20 % of the run with the ``1-sqrt`` shape matches or beats cosine; those are
+    the defaults here. The warmup defaults to 0, as for ``cosine`` and ``linear``: the
+    tasks of this project start stably at their reference LR, and a warmup is one more
+    option to tune (pass e.g. ``warmup=0.05`` for the usual LLM setting).
+
+    Args:
+        warmup: 0 (default), a fraction of the budget in (0, 1) or an int number of steps.
+        cooldown: ``c``, a fraction of the budget in (0, 1) or an int number of steps.
+            Default 0.2. Warmup and cooldown together must leave fewer steps than the budget
+            unused: ``w + c <= T``.
+        shape: ``"1-sqrt"`` (default) or ``"linear"``.
+        final_ratio: ``lr(T) / b``, ``0 <= final_ratio <= 1``. Default 0.0.
+
+    Example:
+        >>> s = WSDSchedule(cooldown=0.2, shape="1-sqrt")
+        >>> [round(s.lr_at(t, 100, base_lr=1.0), 6) for t in (0, 79, 80, 85, 100)]
+        [1.0, 1.0, 1.0, 0.5, 0.0]
+    """
+
+    name = "wsd"
+
+    def __init__(
+        self,
+        *,
+        warmup: int | float = 0,
+        cooldown: int | float = 0.2,
+        shape: str = "1-sqrt",
+        final_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._init_warmup(warmup)
+        self._cooldown = _check_length("cooldown", cooldown)
+        self._shape = check_choice("shape", shape, ("1-sqrt", "linear"))
+        self._final = _check_fraction("final_ratio", final_ratio, zero_ok=True, one_ok=True)
+        self._set_config(
+            warmup=self._warmup,
+            cooldown=self._cooldown,
+            shape=self._shape,
+            final_ratio=self._final,
+        )
+
+    def _validate_budget(self, budget: int) -> None:
+        w = self._warmup_steps(budget)
+        c = _resolve(self._cooldown, budget)
+        if w + c > budget:
+            raise ValueError(
+                f"warmup={self._warmup!r} and cooldown={self._cooldown!r} resolve to {w} + {c} "
+                f"steps, more than the budget {budget}"
+            )
+
+    def _end_ratio(self) -> float:
+        return self._final
+
+    def _decay(self, s: float) -> float:  # only the t = 0 value is used (see _value)
+        return 1.0
+
+    def _value(self, t: int, budget: int, b: float) -> float:
+        w = self._warmup_steps(budget)
+        if t < w:
+            return b * (WARMUP_START + (1.0 - WARMUP_START) * t / w)
+        c = _resolve(self._cooldown, budget)
+        start = budget - c
+        if t <= start:
+            return b
+        u = min(1.0, (t - start) / c)
+        drop = math.sqrt(u) if self._shape == "1-sqrt" else u
+        return b * (self._final + (1.0 - self._final) * (1.0 - drop))
 
 
 @register

@@ -200,6 +200,7 @@ class HypergradientScheduler(Scheduler):
         rec = StepRecorder(n_steps)
         self._clamp(cap)
         n_blocks = len(self._sizes)
+        task.plan_steps(n_steps)  # the minibatches and noise train(n_steps) would draw
         for _ in range(n_steps):
             batch = task.sample_minibatch()
             loss, grads = task.minibatch_gradients(batch)

@@ -18,14 +18,18 @@ of a better member — and then *explore* — perturb the copied hyperparameters
   that member's score is better.
 
 The score is the validation loss (the full-data loss ``task.evaluate()`` on tasks without a
-held-out set, counted in :attr:`PBTScheduler.extra_evals`); a diverged member scores
+held-out set); a diverged member scores
 ``inf``, stops training and is replaced at the next exploit round. Exploit decisions of one
 round all read the population as it was before the round.
 
 The *main line* is the best member: after every interval the driver is left in the best
 member's state and the run's signal, LR and final loss are that member's. Compute is the
 population's: :attr:`~PBTScheduler.extra_steps` counts the other members' inner steps, so
-a run without divergence spends ``population × budget`` steps in all.
+a run without divergence spends ``population × budget`` training steps in all, plus the
+evaluations that score the members (:attr:`~PBTScheduler.extra_evals`: every explicit
+``evaluate()``, and the validation losses the driver measured for members other than the
+main line), each charged the task's measured
+:func:`~metasched.inner_tasks.costs.eval_cost` in training steps.
 
 Randomness comes only from generators seeded by ``(seed, round)``, so runs are reproducible
 and resume identically from a JSON ``state_dict`` (which holds the population's snapshots).
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from metasched.inner_tasks.costs import eval_cost
 from metasched.inner_tasks.gradients import supports_hyperparameters
 from metasched.loop import Driver, IntervalInfo
 from metasched.schedulers.base import (
@@ -94,9 +99,12 @@ class PBTScheduler(Scheduler):
         >>> from metasched.inner_tasks.nmf import NMFTask
         >>> from metasched.schedulers import run_schedule
         >>> task = NMFTask.from_matrix(np.ones((30, 20)), rank=2, batch_size=8)
-        >>> tr = run_schedule(task, PBTScheduler(population=4, ready=2), budget=200, interval=25)
-        >>> tr.extra_steps, bool(tr.final_loss < tr["train_loss"][0])
-        (600, True)
+        >>> s = PBTScheduler(population=4, ready=2)
+        >>> tr = run_schedule(task, s, budget=200, interval=25)
+        >>> s.extra_evals, bool(tr.final_loss < tr["train_loss"][0])  # 4 members x 8 intervals
+        (32, True)
+        >>> tr.extra_steps  # 3 other members x 200 steps + 32 evaluations at 0.74 steps
+        624
     """
 
     name = "pbt"
@@ -169,16 +177,18 @@ class PBTScheduler(Scheduler):
         self.best = 0
         self.trained = 0
         self.extra_evals = 0
+        #: Training-step equivalents of :attr:`extra_evals` (see ``eval_cost``).
+        self.eval_steps = 0.0
         #: One record per exploit: generation, member, source, hyperparameters before/after.
         self.history: list[dict[str, Any]] = []
 
     @property
     def extra_steps(self) -> int:
-        """Inner steps of every member except the main line (the best member's)."""
+        """Inner steps of every member but the main line, plus the scoring evaluations."""
         if not self.members:
             return 0
         main = self.members[self.best]["snap"]["step"]
-        return max(self.trained - main, 0)
+        return max(self.trained - main, 0) + round(self.eval_steps)
 
     def bounds(self, base_lr: float) -> tuple[float, float]:
         """Return the LR prior ``lr_range × base_lr`` (explore clips into it)."""
@@ -231,6 +241,7 @@ class PBTScheduler(Scheduler):
         if not self.members:
             self._start(driver)
         results: dict[int, tuple[TrainingSignal, IntervalInfo]] = {}
+        evals_before = self.extra_evals
         for i, mem in enumerate(self.members):
             driver.restore(mem["snap"])
             if driver.done:
@@ -244,6 +255,9 @@ class PBTScheduler(Scheduler):
             mem["snap"] = driver.snapshot()
             mem["score"] = self._score(driver, sig)
             mem["recent"] = (mem["recent"] + [float(x) for x in sig.losses])[-RECENT:]
+        # validation losses the driver measured for every member but the main line
+        self.extra_evals += max(sum(r[0].val_loss is not None for r in results.values()) - 1, 0)
+        self.eval_steps += (self.extra_evals - evals_before) * eval_cost(driver.task)
         self.generation += 1
         self.best = self._best()
         if self.generation % self.ready == 0 and not self._finished(driver):
@@ -345,12 +359,14 @@ class PBTScheduler(Scheduler):
                 "best": self.best,
                 "trained": self.trained,
                 "extra_evals": self.extra_evals,
+                "eval_steps": self.eval_steps,
                 "history": self.history,
             }
         )
 
     def _set_state(self, state: dict[str, Any]) -> None:
         st = decode_tree(state)
+        self.eval_steps = float(st.get("eval_steps", 0.0))
         self.generation = int(st["generation"])
         self.members = st["members"]
         self.priors = st["priors"]

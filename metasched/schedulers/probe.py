@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from metasched.inner_tasks.costs import eval_cost
 from metasched.loop import Driver, IntervalInfo
 from metasched.schedulers.base import (
     Scheduler,
@@ -51,7 +52,10 @@ class ProbeScheduler(Scheduler):
     resumable), or are every ``every``-th generation when ``every`` is given.
 
     The two forks not continued are extra compute: :attr:`extra_steps` counts their inner
-    steps and :attr:`extra_evals` the validation evaluations made to pick a winner.
+    steps plus the evaluations made to pick a winner (:attr:`extra_evals`: the full-data
+    ``evaluate()`` of each fork on tasks whose driver does not measure a validation loss,
+    else the validation losses of the two forks not continued), each charged the task's
+    measured :func:`~metasched.inner_tasks.costs.eval_cost` in training steps.
 
     The source gives no values for p, N or K; the defaults (``p=0.25``, ``k=2``) probe about
     one generation in four and let two straight wins move L.
@@ -123,6 +127,8 @@ class ProbeScheduler(Scheduler):
         self.streak = 0
         self._extra_steps = 0
         self.extra_evals = 0
+        #: Training-step equivalents of :attr:`extra_evals` (see ``eval_cost``).
+        self.eval_steps = 0.0
         #: One record per probing generation: generation, L, per-arm loss, winner, new L.
         self.history: list[dict[str, Any]] = []
 
@@ -142,8 +148,8 @@ class ProbeScheduler(Scheduler):
 
     @property
     def extra_steps(self) -> int:
-        """Inner steps the forks that were not continued have spent."""
-        return self._extra_steps
+        """Inner steps of the forks not continued plus the winner-choosing evaluations."""
+        return self._extra_steps + round(self.eval_steps)
 
     def bounds(self, base_lr: float) -> tuple[float, float]:
         """L only moves by factors of 2 and stays within the optional limits."""
@@ -171,20 +177,28 @@ class ProbeScheduler(Scheduler):
             return driver.advance(L)
         origin = driver.snapshot()
         results: dict[str, tuple[TrainingSignal, IntervalInfo, dict[str, Any], float]] = {}
+        measured: set[str] = set()  # arms whose validation loss the driver measured anyway
+        evals = 0
         for arm, mult in ARMS.items():
             driver.restore(origin)
             sig, info = driver.advance(L * mult)
             if driver.diverged:
                 loss = math.inf
+            elif sig.val_loss is not None:
+                loss = sig.val_loss
+                measured.add(arm)
             else:
-                loss = sig.val_loss if sig.val_loss is not None else driver.task.evaluate()
-                loss = float(loss) if math.isfinite(loss) else math.inf
-            self.extra_evals += 1
+                loss = driver.task.evaluate()
+                evals += 1
+            loss = float(loss) if math.isfinite(loss) else math.inf
             results[arm] = (sig, info, driver.snapshot(), loss)
         winner = min(ARMS, key=lambda a: results[a][3])  # ties: first in ARMS order
         keep = "base" if self.continue_from == "base" else winner
         driver.restore(results[keep][2])
         self._extra_steps += sum(r[1].inner_steps for a, r in results.items() if a != keep)
+        evals += len(measured - {keep})  # the kept fork's is the main line's own measurement
+        self.extra_evals += evals
+        self.eval_steps += evals * eval_cost(driver.task)
 
         if winner == "base":
             self.streak_arm, self.streak = None, 0
@@ -221,6 +235,7 @@ class ProbeScheduler(Scheduler):
             "streak": self.streak,
             "extra_steps": self._extra_steps,
             "extra_evals": self.extra_evals,
+            "eval_steps": self.eval_steps,
             "history": [dict(h, loss=dict(h["loss"])) for h in self.history],
         }
 
@@ -230,6 +245,7 @@ class ProbeScheduler(Scheduler):
         self.streak = int(state["streak"])
         self._extra_steps = int(state["extra_steps"])
         self.extra_evals = int(state["extra_evals"])
+        self.eval_steps = float(state.get("eval_steps", 0.0))
         self.history = [dict(h, loss=dict(h["loss"])) for h in state["history"]]
         for h in self.history:  # validate the encoded losses early
             for v in h["loss"].values():

@@ -3,12 +3,23 @@
 Every inner step draws a minibatch ``i``, computes ``f_i(θ)`` and its gradient ``g``, and
 backtracks on the *same* minibatch until the stochastic Armijo condition holds:
 
-    f_i(θ⁺) <= f_i(θ) - c ⟨g, θ - θ⁺⟩,    θ⁺ = P(θ - η g),
+    f̃_i(θ⁺) <= f̃_i(θ) - c ⟨g, θ - θ⁺⟩,    θ⁺ = P(θ - η g),
 
 shrinking ``η <- β_b η`` after each rejected trial. Without a projection ``θ - θ⁺ = η g`` and
 this is the paper's ``f_i(θ - η g) <= f_i(θ) - c η ‖g‖²``; with NMF's ``max(0, .)`` it is the
 standard projected (gradient-mapping) form of the same condition. Defaults are the paper's:
 ``c = 0.1``, ``β_b = 0.9``, growth ``γ = 2``.
+
+The objective tested is the one the step descends. When the task adds gradient noise ``ξ``
+(NMF: "only a noisy gradient is known"), ``g = ∇f_i(θ) + ξ`` is the exact gradient of
+``f̃_i(θ') = f_i(θ') + ⟨ξ, θ' - θ⟩``, and the test is
+``f_i(θ⁺) + ⟨ξ, θ⁺ - θ⟩ <= f_i(θ) - c ⟨g, θ - θ⁺⟩``. Testing the clean ``f_i`` against the
+decrease ``⟨g, θ - θ⁺⟩`` predicted by the noisy ``g`` (which includes ``η ‖ξ‖²``) fails
+whenever the noise dominates, and on the default NMF family drove the step size to ~1e-14
+within the first interval. The noise comes from
+:meth:`~metasched.inner_tasks.gradients.GradientTask.gradient_noise`; tasks without noise
+give the paper's test unchanged. The minibatches and noise of an interval are those
+``train`` would draw (:meth:`~metasched.inner_tasks.gradients.GradientTask.plan_steps`).
 
 Before each step's search the trial step size is reset (``reset``, the paper's options):
 
@@ -191,9 +202,11 @@ class StochasticLineSearch(Scheduler):
         rec = StepRecorder(n_steps)
         grow = self._growth_factor(task)
         self.last_checks = []
+        task.plan_steps(n_steps)  # the minibatches and noise train(n_steps) would draw
         for _ in range(n_steps):
             batch = task.sample_minibatch()
             loss, grads = task.minibatch_gradients(batch)
+            noise = task.gradient_noise()
             rec.loss(loss)
             if task.is_diverged(loss):
                 rec.diverged = True
@@ -209,6 +222,10 @@ class StochasticLineSearch(Scheduler):
             for _trial in range(self.max_backtracks + 1):
                 res = task.apply_update(grads, [eta] * len(grads))
                 new_loss = task.minibatch_loss(batch)
+                if noise is not None:  # the linear noise term of the objective stepped on
+                    new_loss += sum(
+                        float(np.vdot(x, d)) for x, d in zip(noise, res.delta, strict=True)
+                    )
                 self.extra_evals += 1
                 decrease = -sum(float(np.vdot(g, d)) for g, d in zip(grads, res.delta, strict=True))
                 if armijo_holds(loss, new_loss, decrease, self.c):

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from metasched.inner_tasks.costs import eval_cost
 from metasched.inner_tasks.nmf import NMFFamily
 from metasched.schedulers import AutoLRSScheduler, run_schedule
 from metasched.schedulers.autolrs import bo_minimize, fit_exponential, forecast_loss
@@ -97,7 +98,9 @@ def test_stages_double_up_to_the_cap_and_trials_are_counted():
     assert [h["tau"] for h in s.history] == [100, 200, 200, 200]
     assert [h["step"] for h in s.history] == [0, 100, 300, 500]
     assert [h["trial_steps"] for h in s.history] == [10, 20, 20, 20]
-    assert tr.extra_steps == 3 * (10 + 20 + 20 + 20)
+    # BO trials plus one full-data evaluation per stage at the measured NMF cost
+    assert s.extra_evals == 4
+    assert tr.extra_steps == 3 * (10 + 20 + 20 + 20) + round(4 * eval_cost(task))
     assert tr.total_steps == 700 + tr.extra_steps
     # the stage LR is constant within a stage and is the chosen one
     lrs = tr["lr"][1:]
@@ -126,4 +129,5 @@ def test_end_to_end_on_nmf_budget_2000():
     tr = run_schedule(task, s, budget=2000, interval=50)
     assert not tr.diverged and tr.final_loss < 0.5 * tr["train_loss"][0]
     assert [h["tau"] for h in s.history] == [100, 200, 400, 800, 800]
-    assert tr.extra_steps == sum(10 * h["trial_steps"] for h in s.history)
+    trials = sum(10 * h["trial_steps"] for h in s.history)
+    assert tr.extra_steps == trials + round(len(s.history) * eval_cost(task))

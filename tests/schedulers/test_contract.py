@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metasched.inner_tasks.mlp import MLPConfig, MLPTask
 from metasched.inner_tasks.nmf import NMFFamily
 from metasched.schedulers import SCHEDULERS, Run, make_scheduler, scheduler_from_state
 from metasched.signal import TrainingSignal
@@ -21,6 +22,13 @@ EXTRA_CONFIGS = {
     "cyclic": [{"mode": "triangular2", "half_cycle": 40}],
     "sgdr": [{"first_cycle": 25, "t_mult": 1, "decay": 0.7}],
     "onecycle": [{"anneal": "linear", "pct_start": 0.5}],
+    "wsd": [
+        {"warmup": 0.1, "cooldown": 0.3, "shape": "linear", "final_ratio": 0.1},
+        {"warmup": 20, "cooldown": 50},
+    ],
+    "schedulefree": [{"lr_scale": 2.0, "warmup_steps": 30}],
+    "prodigy": [{"d_coef": 0.5, "beta1": 0.0}],
+    "dadapt": [{"momentum": 0.9, "growth_rate": 1.02}],
     "greedy": [
         {"patience": 1, "smooth": True, "window_size": 3, "cooldown": 2, "warmup": 1},
         {
@@ -158,6 +166,13 @@ def test_closed_form_equals_stepwise(name, cfg, intervals, base, extra):
 FAMILY = NMFFamily(seed=3)
 
 
+def _task(name):
+    """NMF instance 0 of ``test``; a small MLP for entries that do not run on projected tasks."""
+    if getattr(SCHEDULERS[name], "runs_projected", True):
+        return FAMILY.make("test", 0)
+    return MLPTask(MLPConfig(width=16, depth=1))
+
+
 def _trace_equal(a, b):
     for col in ("step", "lr", "applied_lr", "train_loss", "val_loss", "inner_steps"):
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
@@ -168,17 +183,13 @@ def _trace_equal(a, b):
 def test_runner_resume_mid_run_from_json_state(name, cfg):
     """Swap in a fresh scheduler loaded from JSON mid-run: the run is unchanged."""
     budget, interval = 400, 25
-    whole = Run(
-        FAMILY.make("test", 0), make_scheduler(name, **cfg), budget=budget, interval=interval
-    )
+    whole = Run(_task(name), make_scheduler(name, **cfg), budget=budget, interval=interval)
     whole.start(7)
     ref = whole.run()
     assert len(ref) == budget // interval + 1 and not ref.diverged
     assert np.all(np.isfinite(ref["lr"][1:])) and np.all(ref["lr"][1:] > 0)
 
-    part = Run(
-        FAMILY.make("test", 0), make_scheduler(name, **cfg), budget=budget, interval=interval
-    )
+    part = Run(_task(name), make_scheduler(name, **cfg), budget=budget, interval=interval)
     part.start(7)
     for _ in range(7):
         part.step()

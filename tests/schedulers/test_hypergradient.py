@@ -169,3 +169,18 @@ def test_end_to_end_on_nmf(granularity):
     assert not tr.diverged and tr.final_loss < 0.5 * tr["train_loss"][0]
     assert tr.extra_steps == 0 and tr.total_steps == 2000
     assert np.all(np.isfinite(tr["lr"][1:])) and np.all(tr["lr"][1:] > 0)
+
+
+def test_same_gradient_noise_as_constant_on_a_paired_problem():
+    """With the default gradient noise, HD at β = 0 is ``constant`` bit for bit.
+
+    The noise of an interval is drawn in one block by ``train`` and by the gradient
+    interface alike (``plan_steps``), so HD sees the stream every other scheduler sees.
+    """
+    fam = NMFFamily(seed=0)
+    cfg = fam.instance_config("test", 1)
+    assert cfg.grad_noise > 0 and cfg.batch_size in (16, 32, 64)
+    a = run_schedule(fam.make_task(cfg), make_scheduler("constant"), budget=300, interval=50)
+    b = run_schedule(fam.make_task(cfg), HypergradientScheduler(beta=0.0), budget=300, interval=50)
+    np.testing.assert_array_equal(a["train_loss"], b["train_loss"])
+    assert a.final_loss == b.final_loss

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from metasched.inner_tasks.costs import eval_cost
 from metasched.inner_tasks.gradients import HyperparameterTask
 from metasched.inner_tasks.nmf import NMFFamily, NMFTask, planted_matrix
 from metasched.loop import Driver
@@ -88,8 +89,13 @@ def test_seeded_run_is_reproducible_and_compute_is_population_times_budget():
         np.testing.assert_array_equal(a[col], b[col])
     assert a.final_loss == b.final_loss
     assert not np.array_equal(a["lr"], c["lr"])
-    assert a.extra_steps == 3 * 300 and a.total_steps == 4 * 300
-    assert a["inner_steps"].tolist() == [4 * s for s in a["step"]]
+    # training: the population's steps; plus one full-data evaluation per member and
+    # interval (NMF has no validation set), each charged the measured NMF eval cost
+    evals = 4 * (300 // 25)
+    cost = eval_cost(FAMILY.make("test", 1))
+    assert a.extra_steps == 3 * 300 + round(evals * cost)
+    assert a.total_steps == 4 * 300 + round(evals * cost)
+    assert a["inner_steps"][-1] == a.total_steps
 
 
 def test_main_line_is_the_best_member():
@@ -174,4 +180,15 @@ def test_bad_arguments(kw):
 def test_end_to_end_on_nmf_budget_2000():
     tr = run_schedule(FAMILY.make("test", 0), PBTScheduler(), budget=2000, interval=50)
     assert not tr.diverged and tr.final_loss < 0.5 * tr["train_loss"][0]
-    assert tr.extra_steps == 7 * 2000
+    assert tr.extra_steps == 7 * 2000 + round(8 * 40 * eval_cost(FAMILY.make("test", 0)))
+
+
+def test_driver_measured_scores_of_members_off_the_main_line_count_as_evaluations():
+    from metasched.inner_tasks.mlp import MLPConfig, MLPTask
+
+    task = MLPTask(MLPConfig(width=8, depth=1))
+    s = PBTScheduler(population=3, ready=100)
+    tr = run_schedule(task, s, budget=60, interval=20)
+    # the driver measures every member's validation loss; the main line's is its own
+    assert s.extra_evals == 2 * 3
+    assert tr.extra_steps == 2 * 60 + round(6 * eval_cost(task))

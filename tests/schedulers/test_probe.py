@@ -104,13 +104,33 @@ def test_reported_extra_compute_matches_what_ran(continue_from):
     tr = run_schedule(task, sched, budget=300, interval=10, seed=1, clip="none")
     n_probes = len(sched.history)
     assert n_probes > 0
-    assert task.trained == 300 + tr.extra_steps == tr.total_steps
-    assert tr.extra_steps == 2 * 10 * n_probes
+    # the task has no validation set: each fork is evaluated once to pick the winner, and a
+    # task outside the built-in families is charged one training step per evaluation
     assert sched.extra_evals == 3 * n_probes
-    # the trace's cumulative inner steps grow by 30 at probing generations and 10 otherwise
+    assert task.trained == 300 + 2 * 10 * n_probes
+    assert tr.extra_steps == 2 * 10 * n_probes + 3 * n_probes
+    assert tr.total_steps == 300 + tr.extra_steps
+    # the trace's cumulative inner steps grow by 33 at probing generations and 10 otherwise
     steps = np.diff(tr["inner_steps"])
     probing = set(sched.probing_generations(30))
-    assert steps.tolist() == [30 if g in probing else 10 for g in range(30)]
+    assert steps.tolist() == [33 if g in probing else 10 for g in range(30)]
+
+
+def test_winner_evaluations_count_in_compute_at_the_measured_cost(monkeypatch):
+    from metasched.inner_tasks import costs
+
+    task = ContractionTask()
+    task.eval_cost = 2.5  # a task may declare its own cost
+    sched = ProbeScheduler(every=2, seed=2)
+    tr = run_schedule(task, sched, budget=100, interval=10, seed=1, clip="none")
+    assert sched.extra_evals == 3 * 5
+    assert tr.extra_steps == 2 * 10 * 5 + round(15 * 2.5)
+    # built-in families use the measured constant
+    monkeypatch.setitem(costs.EVAL_COST, "nmf", 4.0)
+    nmf = NMFFamily(seed=0).make("test", 0)
+    s = ProbeScheduler(every=2)
+    tr = run_schedule(nmf, s, budget=200, interval=50)
+    assert s.extra_evals == 3 * 2 and tr.extra_steps == 2 * 50 * 2 + 6 * 4
 
 
 def test_continue_from_winner_keeps_the_winning_fork():

@@ -103,3 +103,48 @@ def test_end_to_end_on_default_nmf_instance():
     assert tr.final_loss < tr["train_loss"][0]
     assert tr.extra_steps > 0
     assert np.all(np.isfinite(tr["lr"][1:])) and np.all(tr["lr"][1:] > 0)
+
+
+class NoisyCheckedNMF(NMFTask):
+    """Records the gradient noise and the parameters around every step of the line search."""
+
+    def minibatch_gradients(self, batch):
+        loss, grads = super().minibatch_gradients(batch)
+        self.steps.append((batch, self.W.copy(), self.H.copy(), self.gradient_noise(), grads))
+        return loss, grads
+
+
+def test_armijo_tests_the_noisy_objective_it_steps_on():
+    """Accepted steps satisfy Armijo for f_i(θ) + ⟨ξ, θ⟩, whose gradient the step uses."""
+    cfg = FAMILY.instance_config("test", 0)
+    assert cfg.grad_noise > 0
+    task = NoisyCheckedNMF.from_config(cfg)
+    task.steps = []
+    s = StochasticLineSearch()
+    run_schedule(task, s, budget=100, interval=50, clip="none")
+    assert s.skipped == 0
+    b, n = task.batch_size, task.n
+    for k, (batch, W0, H0, xi, g) in enumerate(task.steps[:-1]):
+        W1, H1 = task.steps[k + 1][1], task.steps[k + 1][2]
+        dW, dH = W1 - W0, H1 - H0
+        f0 = 0.5 * np.sum((W0[batch] @ H0 - task.V[batch]) ** 2) / (b * n)
+        f1 = 0.5 * np.sum((W1[batch] @ H1 - task.V[batch]) ** 2) / (b * n)
+        lin = np.sum(xi[0] * dW) + np.sum(xi[1] * dH)
+        dec = -(np.sum(g[0] * dW) + np.sum(g[1] * dH))
+        assert f1 + lin <= f0 - 0.1 * dec + 1e-12 * f0
+
+
+def test_sls_keeps_training_on_the_default_nmf_family():
+    """Regression: the step size fell to ~1e-14 after the first interval and training stopped.
+
+    The Armijo test compared the clean minibatch loss with the decrease predicted by the
+    noisy gradient, so nearly every trial failed; the final loss was the same at every budget.
+    """
+    task = FAMILY.make("test", 0)
+    short = run_schedule(task, StochasticLineSearch(), budget=300, interval=50, seed=0)
+    s = StochasticLineSearch()
+    long = run_schedule(FAMILY.make("test", 0), s, budget=600, interval=50, seed=0)
+    assert s.step_size > 1e-3 * s.base
+    assert s.skipped == 0
+    assert long.final_loss != short.final_loss
+    assert np.all(np.diff(long["train_loss"][:6]) < 0)  # the first intervals make progress
