@@ -67,9 +67,6 @@ DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-5.0, 5
 #: Labels whose (initial / peak) LR is tuned on ``train``, and the scheduler each runs.
 TUNED: dict[str, str] = {"constant": "constant", "cosine": "cosine", "greedy-tuned": "greedy"}
 
-#: The LR range of the agent, as multiples of the reference LR (LRControlEnv's default).
-AGENT_LR_RANGE: tuple[float, float] = (1e-3, 64.0)
-
 _PATH_SCHEDULERS = ("learned", "rules")
 
 
@@ -153,9 +150,12 @@ def _with_bounds(
     name: str,
     kwargs: dict[str, Any],
     lr_ref: float,
-    lr_range: Sequence[float] = AGENT_LR_RANGE,
+    lr_range: Sequence[float] = TaskFamily.lr_range,
 ) -> dict[str, Any]:
-    """GreedyLR's absolute LR bounds default to the agent's range around ``lr_ref``."""
+    """GreedyLR's absolute LR bounds default to the agent's range around ``lr_ref``.
+
+    ``lr_range`` is the family's (:func:`~metasched.inner_tasks.family_lr_range`).
+    """
     if name != "greedy":
         return dict(kwargs)
     out = dict(kwargs)
@@ -250,7 +250,7 @@ class Cell:
     interval: int
     clip: str
     kappa: float
-    lr_range: tuple[float, float] = AGENT_LR_RANGE
+    lr_range: tuple[float, float] = TaskFamily.lr_range
 
     def key(self) -> dict[str, Any]:
         """Return what identifies the run (stored with its result, checked on resume)."""
@@ -521,21 +521,14 @@ def compare(
 
 
 def _progress_bar(enabled: bool) -> Callable[[str], Callable[[int, int], None] | None]:
+    """Progress per phase: a bar on a terminal, a line every few seconds in a log."""
+
     def make(desc: str) -> Callable[[int, int], None] | None:
         if not enabled:
             return None
-        from tqdm.auto import tqdm
+        from metasched.progress import Progress
 
-        bar = tqdm(desc=desc, unit="run", leave=False)
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-            if done >= total:
-                bar.close()
-
-        return update
+        return Progress(desc, unit="run").update_to
 
     return make
 

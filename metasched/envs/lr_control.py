@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from metasched.actions import ACTION_MODES, DISCRETE_FACTORS, ActionMode, action_to_lr
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
-from metasched.inner_tasks import check_split, make_family
+from metasched.inner_tasks import check_split, family_lr_range, make_family
 from metasched.inner_tasks.base import InnerTask, TaskFamily
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA, ClipMode, Driver
 
@@ -134,7 +134,8 @@ class LRControlEnv(gym.Env):
     ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``test``/
     ``shift``), ``action``, ``budget`` (2000), ``steps_per_action`` (50), ``clip``
     (``"deterministic"``, ``"noise_aware"``, ``"none"``), ``kappa`` (2.0), ``lr_range``
-    ((1e-3, 64.0)), ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
+    (default: the family's ``lr_range``, (1e-3, 64.0) for NMF, (0.01, 20.0) for networks),
+    ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
     ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict).
     ``info`` carries ``lr``, ``applied_lr``, ``train_loss``, ``val_loss``, ``diverged``,
     ``clipped``, ``inner_steps``, ``instance`` and, at the end, ``final_loss``.
@@ -169,7 +170,7 @@ class LRControlEnv(gym.Env):
         steps_per_action: int = 50,
         clip: ClipMode = DEFAULT_CLIP,
         kappa: float = DEFAULT_KAPPA,
-        lr_range: tuple[float, float] = (1e-3, 64.0),
+        lr_range: tuple[float, float] | None = None,
         init_lr: float = 1.0,
         reward: str = "log_improvement",
         divergence_penalty: float = 1.0,
@@ -179,6 +180,8 @@ class LRControlEnv(gym.Env):
     ) -> None:
         super().__init__()
         self.action_space = action_space_for(action)
+        if lr_range is None:  # the family's own range (one place: TaskFamily.lr_range)
+            lr_range = family_lr_range(family)
         lo, hi = check_env_args(
             split=split,
             budget=budget,
