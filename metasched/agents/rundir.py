@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from metasched.errors import ConfigError
 from metasched.schedulers.state_codec import decode_tree, encode_tree
+from metasched.yamlio import load_yaml
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -197,7 +197,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a metasched run directory (no config.yaml)")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text())
     if not isinstance(data, dict) or "algo" not in data:
         raise ConfigError(f"{str(path)!r} is not a metasched run config")
     return data

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from metasched.errors import ConfigError
+from metasched.errors import ConfigError, MetaschedError
 from metasched.inner_tasks import make_family
 from metasched.inner_tasks.base import TaskFamily, check_split
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA
@@ -85,10 +85,13 @@ class SchedulerSpec:
 
 
 def _parse_value(text: str) -> Any:
+    """Parse an option value as YAML, numbers as written (``1e-4`` is a float)."""
     import yaml
 
+    from metasched.yamlio import load_yaml
+
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         raise ConfigError(f"cannot parse scheduler option value {text!r}") from None
 
@@ -122,7 +125,12 @@ def parse_scheduler(text: str) -> SchedulerSpec:
                 raise ConfigError(f"expected key=value in scheduler {text!r}, got {item!r}")
             kwargs[key.strip()] = _parse_value(value)
     registry_name = TUNED.get(name, name)  # greedy-tuned runs greedy
-    make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))  # validates
+    try:  # validates the options now, before anything runs
+        make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))
+    except MetaschedError:
+        raise
+    except ValueError as exc:  # the schedulers' own argument checks: user input
+        raise ConfigError(f"scheduler {text!r}: {exc}") from None
     return SchedulerSpec(text, registry_name, kwargs)
 
 

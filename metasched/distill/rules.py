@@ -28,6 +28,7 @@ import numpy as np
 
 from metasched.actions import DISCRETE_FACTORS
 from metasched.distill.compare import problem_rng
+from metasched.errors import ConfigError
 from metasched.features import FEATURE_NAMES
 from metasched.inner_tasks import TaskFamily, family_lr_range, make_family
 from metasched.schedulers import GreedyLR, LearnedScheduler
@@ -95,7 +96,7 @@ def rollout(
     for i in indices:
         sched = LearnedScheduler(path=policy_path)
         if sched.action_mode == "absolute":
-            raise ValueError("distillation needs a relative action mode, not 'absolute'")
+            raise ConfigError("distillation needs a relative action mode, not 'absolute'")
         sched.recorder = []
         task = fam.make(split, i)
         run = Run(task, sched, budget=budget, interval=interval)

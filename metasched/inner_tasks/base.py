@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from metasched.errors import ConfigError
+
 __all__ = [
     "NETWORK_LR_RANGE",
     "SPLITS",
@@ -27,9 +29,9 @@ NETWORK_LR_RANGE: tuple[float, float] = (0.01, 20.0)
 
 
 def check_split(split: str) -> int:
-    """Return the numeric id of ``split`` or raise a ``ValueError`` naming it."""
+    """Return the numeric id of ``split`` or raise a ``ConfigError`` naming it."""
     if split not in _SPLIT_IDS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     return _SPLIT_IDS[split]
 
 
@@ -135,7 +137,7 @@ class TaskFamily(abc.ABC):
 
     def __init__(self, seed: int = 0) -> None:
         if not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"family seed must be a non-negative integer, got {seed!r}")
+            raise ConfigError(f"family seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
 
     def rng_for(self, split: str, index: int) -> np.random.Generator:
