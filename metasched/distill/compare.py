@@ -384,9 +384,15 @@ def run_cells(
         if progress:
             progress(done, len(cells))
 
+    failed: tuple[int, BaseException] | None = None
     if jobs <= 1 or len(todo) <= 1:
         for i in todo:
-            store(i, run_cell(cells[i]))
+            try:
+                res = run_cell(cells[i])
+            except Exception as exc:
+                failed = (i, exc)
+                break
+            store(i, res)
     else:
         import multiprocessing as mp
 
@@ -396,8 +402,33 @@ def run_cells(
         ) as pool:
             futures = {pool.submit(run_cell, cells[i]): i for i in todo}
             for fut in as_completed(futures):  # store each run as soon as it is done
-                store(futures[fut], fut.result())
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if exc is None:
+                    store(futures[fut], fut.result())
+                elif failed is None:  # keep the runs in flight, start no new one
+                    failed = (futures[fut], exc)
+                    for other in futures:
+                        other.cancel()
+    if failed is not None:
+        _raise_failed(cells[failed[0]], failed[1], done, len(cells), root)
     return [r for r in results if r is not None]
+
+
+def _raise_failed(cell: Cell, exc: BaseException, done: int, total: int, root: Path) -> None:
+    """Report a failed run: which cell, its error, and that the finished runs are kept."""
+    where = (
+        f"run {cell.label!r} on {cell.family} {cell.split} instance {cell.index} seed "
+        f"{cell.seed}" + ("" if cell.multiple is None else f" at LR multiple {cell.multiple:g}")
+    )
+    msg = (
+        f"{where} failed: {type(exc).__name__}: {exc} ({done} of {total} runs finished and "
+        f"stored in {os.fspath(root)}; run the same command again to resume)"
+    )
+    if isinstance(exc, MetaschedError):  # bad user input (e.g. a policy file): one line
+        raise ConfigError(msg) from exc
+    raise RuntimeError(msg) from exc  # a bug: the worker's traceback is chained below
 
 
 def _final(res: dict[str, Any]) -> float:
