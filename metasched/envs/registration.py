@@ -20,6 +20,8 @@ from metasched.inner_tasks import TASK_FAMILIES, TaskFamily, family_lr_range
 __all__ = ["ENV_IDS", "env_defaults", "register_envs", "resolve_env_kwargs"]
 
 _ENTRY = "metasched.envs.lr_control:LRControlEnv"
+# No spec sets ``lr_range``: every env takes its family's (TaskFamily.lr_range), the one place
+# where it is defined.
 
 _SPECS = [
     {
@@ -55,9 +57,6 @@ _SPECS = [
         "kwargs": {"family": "mixed", "budget": 1000, "steps_per_action": 50},
     },
 ]
-for _spec in _SPECS:  # the LR range is the family's: stated in the spec for the reader
-    _spec["kwargs"].setdefault("lr_range", list(family_lr_range(_spec["kwargs"]["family"])))
-
 ENV_IDS: tuple[str, ...] = tuple(spec["id"] for spec in _SPECS)
 
 
