@@ -81,6 +81,7 @@ class Progress:
         self.interval = _interval_from_env() if interval is None else float(interval)
         self.tty = _is_tty(self.stream) if tty is None else tty
         self.n = 0
+        self._last_n = 0
         self.t0 = self._last = time.monotonic()
         self._closed = False
         self._bar: Any = None
@@ -108,7 +109,7 @@ class Progress:
             self.close()
 
     def _line(self, now: float) -> None:
-        self._last = now
+        self._last, self._last_n = now, self.n
         elapsed = now - self.t0
         if self.total:
             frac = self.n / self.total
@@ -128,5 +129,5 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.n > 0:
+        elif self.n != self._last_n:  # the last state, unless just printed
             self._line(time.monotonic())
