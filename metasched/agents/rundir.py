@@ -18,8 +18,9 @@ Every file and checkpoint is written to a temporary name and renamed into place,
 (even SIGKILL) mid-write never leaves a corrupt latest checkpoint. Replacing a directory that
 exists (``best/``, ``final/``) takes two renames: the old copy is first moved aside to
 ``.old-NAME-PID`` and only deleted once the new one is in place, so a kill between the renames
-leaves the old copy, which :func:`recover_replaced_dirs` (run on resume and before an export)
-moves back.
+leaves the old copy: :func:`recover_replaced_dirs` (run on resume) moves it back, and
+:func:`readable_dir` (used by export, which must not move anything under a running trainer)
+reads it where it is.
 
 JSON files are strict JSON; non-finite floats (a diverged episode's ``inf`` final loss) are
 encoded as the scheduler state codec does (:mod:`metasched.schedulers.state_codec`), so
@@ -50,6 +51,7 @@ __all__ = [
     "load_vecnormalize_stats",
     "read_config",
     "read_json",
+    "readable_dir",
     "recover_replaced_dirs",
     "vecnormalize_stats",
     "write_dir_atomically",
@@ -116,6 +118,28 @@ def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Pa
 
 def _old_prefix(name: str) -> str:
     return f".old-{name}-"
+
+
+def _old_copies(parent: Path, name: str) -> list[Path]:
+    """Old copies of ``parent/name`` left aside by a replacement, newest first."""
+    if not parent.is_dir():
+        return []
+    prefix = _old_prefix(name)
+    found = [
+        p
+        for p in parent.iterdir()
+        if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def readable_dir(target: str | Path) -> Path:
+    """Return ``target``, or the old copy a kill mid-replacement left aside (read-only)."""
+    target = Path(target)
+    if target.exists():
+        return target
+    olds = _old_copies(target.parent, target.name)
+    return olds[0] if olds else target
 
 
 def recover_replaced_dirs(parent: str | Path) -> list[Path]:

@@ -39,7 +39,7 @@ from metasched.agents.rundir import (
     obs_norm_from_stats,
     read_config,
     read_json,
-    recover_replaced_dirs,
+    readable_dir,
     remove_stale_temporaries,
     vecnormalize_stats,
     write_dir_atomically,
@@ -614,13 +614,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, which: str = "best") -> 
     """Export the ``best``/``final``/``latest`` policy of a run to one ``.msched`` file."""
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(read_config(run_dir))
-    recover_replaced_dirs(run_dir)  # a kill mid-swap of best/ or final/ left the old copy
     if which == "latest":
         src = latest_checkpoint(run_dir)
         if src is None:
             raise ConfigError(f"{str(run_dir)!r} has no checkpoint")
     elif which in ("best", "final"):
-        src = run_dir / which
+        src = readable_dir(run_dir / which)  # a kill mid-replacement left the old copy
         if not (src / "model.zip").is_file():
             raise ConfigError(f"{str(run_dir)!r} has no {which} model yet")
     else:

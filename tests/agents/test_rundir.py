@@ -11,6 +11,7 @@ import pytest
 from metasched.agents.rundir import (
     atomic_write_text,
     read_json,
+    readable_dir,
     recover_replaced_dirs,
     remove_stale_temporaries,
     write_dir_atomically,
@@ -110,7 +111,9 @@ def test_best_swap_sigkilled_at_each_point(tmp_path, where):
     proc.start()
     proc.join(30)
     assert proc.exitcode == -signal.SIGKILL
-    recover_replaced_dirs(tmp_path)  # what export does before reading best/
+    src = readable_dir(tmp_path / "best")  # what export reads, moving nothing
+    assert (src / "model.zip").read_text() == ("new" if where == "rmtree" else "old")
+    recover_replaced_dirs(tmp_path)
     text = (tmp_path / "best" / "model.zip").read_text()
     assert text == ("new" if where == "rmtree" else "old")
     assert (tmp_path / "best" / "eval.json").is_file()
