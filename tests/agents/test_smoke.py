@@ -39,6 +39,8 @@ TINY = {
 #: Fast cases kept in the default suite.
 FAST = {("metasched/NMF-v0", "ppo"), ("metasched/MLP-v0", "ppo"), ("metasched/MLP-v0", "sac")}
 BUDGET, INTERVAL = 40, 10
+#: The evaluation envs run tens to hundreds of inner steps/s: shorter intervals there.
+TINY_SCALE = {"metasched/CNN-v0": (8, 2), "metasched/CharLM-v0": (8, 2)}
 
 
 def _json(x):
@@ -54,7 +56,8 @@ def _cases():
 
 @pytest.mark.parametrize(("env_id", "algo"), list(_cases()))
 def test_every_env_and_algorithm_trains_exports_and_loads(env_id, algo, tmp_path):
-    env_kwargs = {"budget": BUDGET, "steps_per_action": INTERVAL, "action": ALGO_MODES[algo]}
+    budget, interval = TINY_SCALE.get(env_id, (BUDGET, INTERVAL))
+    env_kwargs = {"budget": budget, "steps_per_action": interval, "action": ALGO_MODES[algo]}
     cfg = load_config(
         algo,
         env_id,
@@ -79,12 +82,12 @@ def test_every_env_and_algorithm_trains_exports_and_loads(env_id, algo, tmp_path
     expected = {**_json(gym.spec(env_id).kwargs), **env_kwargs}
     for key, value in expected.items():
         assert header["env_kwargs"][key] == value, key
-    assert header["decision_interval"] == INTERVAL
+    assert header["decision_interval"] == interval
 
     sched = LearnedScheduler(path=path)  # loads without SB3 and drives a task
     family = make_family(gym.spec(env_id).kwargs["family"])
     task = family.make("test", 0)
-    trace = run_schedule(task, sched, budget=BUDGET, interval=INTERVAL,
+    trace = run_schedule(task, sched, budget=budget, interval=interval,
                          seed=np.random.default_rng(0))  # fmt: skip
     lrs = list(trace.columns["lr"][1:])  # row 0 is the state before training
     assert lrs and all(math.isfinite(x) and x > 0 for x in lrs)
