@@ -321,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="nmf", help="task family to roll the policy out on")
     p.add_argument("--train-instances", type=_positive_int, default=20)
     p.add_argument("--test-instances", type=_positive_int, default=20)
-    p.add_argument("--budget", type=_positive_int, default=2000)
+    p.add_argument(
+        "--budget", type=_positive_int, help="inner steps per run (default: the task's env)"
+    )
     p.add_argument("--max-depth", type=_positive_int, default=3)
     p.set_defaults(func=_cmd_distill)
     return parser

@@ -330,14 +330,22 @@ def distill(
     family: str = "nmf",
     n_train: int = 20,
     n_test: int = 20,
-    budget: int = 2000,
+    budget: int | None = None,
     interval: int | None = None,
     max_depth: int = 3,
     family_seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> Distilled:
-    """Distil the policy in ``policy_path`` (see the module docstring); write the rules file."""
+    """Distil the policy in ``policy_path`` (see the module docstring); write the rules file.
+
+    ``budget`` defaults to the budget of ``family``'s registered env (the env-kwargs
+    resolver, as in ``compare``); ``interval`` to the policy's decision interval.
+    """
+    from metasched.envs.registration import env_defaults
+
     policy = LearnedScheduler(path=policy_path)
+    if budget is None:
+        budget = env_defaults(family)[0]
     interval = int(interval or policy.decision_interval or 50)
     mode = policy.action_mode
     kw = {"budget": budget, "interval": interval, "family_seed": family_seed}
