@@ -13,11 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import platform
 import random
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -459,19 +461,19 @@ def _build(cfg: TrainConfig, tr: _Trainer, run_dir: Path) -> None:
 
 
 def _start(cfg: TrainConfig, tr: _Trainer, run_dir: Path, cmd: str) -> None:
-    """Create the run directory of a new run; ends with a resumable checkpoint at step 0.
+    """Create the run directory of a new run, ending with a resumable checkpoint at step 0.
 
-    The directory is created only now, after the env and model were built; if anything
-    here fails (or is interrupted), what it created is removed again, so the same command
-    can simply be run again.
+    Everything is written into a temporary sibling (``.tmp-NAME-*``) that is renamed to
+    ``run_dir`` only when complete, so a start that fails, is interrupted or is killed leaves
+    ``run_dir`` as it was (absent or empty) and the same command can simply be run again.
     """
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run_dir.name}-", dir=run_dir.parent))
+    tr.run_dir = tmp
     try:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        write_json(run_dir / "version.json", _versions())
-        with open(run_dir / "command.txt", "a") as fh:
-            fh.write(cmd + "\n")
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json(tmp / "version.json", _versions())
+        atomic_write_text(tmp / "command.txt", cmd + "\n")
         base = {}
         for name in ("keep", "random"):
             base[name] = evaluate_policy(
@@ -481,20 +483,16 @@ def _start(cfg: TrainConfig, tr: _Trainer, run_dir: Path, cmd: str) -> None:
                 f"reference policy {name!r}: mean return {base[name]['mean_return']:+.3f}, "
                 f"median final loss {base[name]['median_final_loss']:.4g}"
             )
-        write_json(run_dir / "baselines.json", base)
+        write_json(tmp / "baselines.json", base)
         tr.evaluate()
         if cfg.checkpoint_freq:
             tr.save_checkpoint()  # from here on, --resume can continue the run
+        os.replace(tmp, run_dir)  # replaces an empty run_dir too
     except BaseException:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:  # it was empty: empty it again
-            for p in run_dir.iterdir():
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        tr.run_dir = run_dir
 
 
 def train(
@@ -510,8 +508,9 @@ def train(
     """Train (or, with ``resume``, continue) the run in ``run_dir``; return its result.
 
     A new run needs ``cfg`` and an empty or absent ``run_dir`` (an existing run is never
-    overwritten). The env and model are built before anything is written; a start that
-    fails before its first checkpoint leaves no run directory behind. ``resume`` reloads
+    overwritten). The env and model are built before anything is written, and the new
+    directory appears only once it holds a checkpoint at step 0: a start that fails, or
+    is killed, leaves ``run_dir`` as it was. ``resume`` reloads
     the config from the directory and continues from its newest complete checkpoint —
     model, optimizer, normaliser statistics, timestep counter, RNG state and evaluation
     history — so a crash costs at most one checkpoint interval. ``total_timesteps``

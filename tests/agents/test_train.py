@@ -177,6 +177,30 @@ def test_a_start_that_fails_midway_removes_what_it_created(tmp_path, monkeypatch
     assert res.timesteps >= 256
 
 
+def _start_and_die(run):  # runs in a forked child: SIGKILL during the reference policies
+    import metasched.agents.train as tr
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    tr.evaluate_policy = die
+    train(tiny_config("a2c"), run, progress=False, log=lambda s: None)
+    os._exit(0)
+
+
+def test_a_start_killed_midway_leaves_the_run_directory_usable(tmp_path):
+    import multiprocessing as mp
+
+    run = tmp_path / "run"
+    proc = mp.get_context("fork").Process(target=_start_and_die, args=(run,))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == -signal.SIGKILL
+    assert not run.exists()
+    res = train(tiny_config("a2c"), run, progress=False, log=lambda s: None)
+    assert res.timesteps >= 256
+
+
 def test_a_crash_after_the_start_can_be_resumed(tmp_path, monkeypatch):
     """The start ends with a checkpoint at step 0, so --resume works even before the first
     periodic checkpoint."""
