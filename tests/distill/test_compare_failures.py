@@ -6,7 +6,7 @@ from metasched.distill import compare as cmp
 from metasched.distill.compare import CompareSpec, compare, parse_scheduler
 from metasched.errors import ConfigError
 
-SPEC = CompareSpec(n_instances=4, tune_instances=1, grid=(1.0,), budget=2000, interval=50)
+SPEC = CompareSpec(n_instances=4, tune_instances=1, grid=(1.0,), budget=1000, interval=50)
 
 
 def _stored(root, label):
