@@ -1,6 +1,8 @@
 """The ``metasched`` command line.
 
-Errors in user input end with a one-line message on stderr and exit code 2.
+Errors in user input (:class:`~metasched.errors.MetaschedError`: a bad value, an unknown name,
+a missing file or data set) end with a one-line message on stderr and exit code 2. Anything
+else is a bug: its traceback is printed with a request to report it, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -8,7 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+
+from metasched.errors import ConfigError, MetaschedError
 
 __all__ = ["main"]
 
@@ -83,9 +88,9 @@ def _grid(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--grid must be comma-separated numbers, got {text!r}") from None
+        raise ConfigError(f"--grid must be comma-separated numbers, got {text!r}") from None
     if not values:
-        raise ValueError(f"--grid must hold at least one number, got {text!r}")
+        raise ConfigError(f"--grid must hold at least one number, got {text!r}")
     return values
 
 
@@ -116,11 +121,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _key_value(text: str) -> tuple[str, object]:
     import yaml
 
+    from metasched.yamlio import load_yaml
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, yaml.safe_load(value)
+        return key, load_yaml(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"cannot parse the value of {text!r}") from None
 
@@ -141,7 +148,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if val
         ]
         if unused:
-            raise ValueError(f"{unused[0]} cannot change a run that is resumed (it is in config)")
+            raise ConfigError(
+                f"{unused[0]} cannot change a run that is resumed (it is in config)"
+            )
         result = train(
             None,
             args.out,
@@ -312,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="nmf", help="task family to roll the policy out on")
     p.add_argument("--train-instances", type=_positive_int, default=20)
     p.add_argument("--test-instances", type=_positive_int, default=20)
-    p.add_argument("--budget", type=_positive_int, default=2000)
+    p.add_argument(
+        "--budget", type=_positive_int, help="inner steps per run (default: the task's env)"
+    )
     p.add_argument("--max-depth", type=_positive_int, default=3)
     p.set_defaults(func=_cmd_distill)
     return parser
@@ -327,7 +338,7 @@ def _one_thread() -> None:
     """
     text = os.environ.get("METASCHED_THREADS", "1")
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"METASCHED_THREADS must be a positive integer, got {text!r}")
+        raise ConfigError(f"METASCHED_THREADS must be a positive integer, got {text!r}")
     n = int(text)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))  # inherited by worker processes
@@ -346,17 +357,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from metasched.errors import MetaschedError
-
     try:
         _one_thread()
         return int(args.func(args))
-    except (MetaschedError, ValueError) as exc:
+    except MetaschedError as exc:  # bad user input: one line, no traceback
         print(f"metasched: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metasched: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: show where it happened
+        traceback.print_exc()
+        print(
+            "metasched: internal error (traceback above): this is a bug in metasched, "
+            "please report it with the command line and the traceback",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

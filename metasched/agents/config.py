@@ -8,6 +8,10 @@ blocks or one flat block — and overrides the shipped values.
 
 Meta keys are listed in :data:`META_KEYS`; every other key must be a keyword argument of the
 algorithm's class, checked against its signature, so typos fail at once with a suggestion.
+Numbers are read as written (``3e-4`` is a float, :mod:`metasched.yamlio`), and every value
+whose default is a number must be one: a string where a number belongs is an error naming the
+key and value before anything runs. A whole float such as ``1e5`` for an integer option
+(``buffer_size``) becomes that integer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import yaml
 
 from metasched.errors import ConfigError, UnknownNameError, did_you_mean
+from metasched.yamlio import load_yaml
 
 __all__ = [
     "ACTION_MODES_FOR_ALGO",
@@ -167,7 +172,7 @@ def shipped_hyperparams(algo: str) -> dict[str, Any]:
     if algo not in ALGOS:
         raise UnknownNameError(did_you_mean(str(algo), ALGOS, "algorithm"))
     text = resources.files("metasched.agents").joinpath(f"hyperparams/{algo}.yml").read_text()
-    return yaml.safe_load(text) or {}
+    return load_yaml(text) or {}
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -175,7 +180,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"hyperparameter file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -217,6 +222,82 @@ def _check_int(name: str, v: Any, minimum: int) -> int:
     return v
 
 
+def _numeric_default(default: Any) -> type | None:
+    """``int``/``float`` when a parameter's default is that kind of number, else ``None``."""
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return None
+
+
+def _coerce(kind: type | None, key: str, value: Any, where: str) -> Any:
+    """Check (and for whole floats given to integers, convert) one value of a number option."""
+    if kind is None or value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(
+            f"{where}{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{where}{key} must be an integer, got {value!r}")
+        return int(value)
+    return value
+
+
+def _defaults(func: Any) -> dict[str, Any]:
+    params = inspect.signature(func).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def _numeric_annotation(param: inspect.Parameter) -> type | None:
+    """``int``/``float`` when a parameter takes numbers only (besides None / a schedule)."""
+    import collections.abc
+    import typing
+
+    ann = param.annotation
+    if ann is inspect.Parameter.empty or isinstance(ann, str):
+        return _numeric_default(param.default)
+    members = typing.get_args(ann) if typing.get_args(ann) else (ann,)
+    kinds = set()
+    for m in members:
+        if m is type(None) or typing.get_origin(m) is collections.abc.Callable:
+            continue
+        if m not in (int, float):
+            return None  # e.g. train_freq: int | tuple[int, str]
+        kinds.add(m)
+    return float if float in kinds else (int if kinds else None)
+
+
+def coerce_numbers(algo: str, algo_kwargs: dict[str, Any], env_kwargs: dict[str, Any]) -> None:
+    """Check that number options hold numbers (in place: whole floats for integers -> int).
+
+    An algorithm option is a number option when its annotation in the algorithm's signature
+    takes only ``int``/``float`` (besides ``None`` or a schedule callable); an env option when
+    its default is an ``int`` or ``float``. A callable in place of a float (SB3 accepts
+    schedules for ``learning_rate``) is passed through.
+
+    Raises:
+        ConfigError: naming the key and the value, e.g. ``ppo hyperparameter learning_rate
+            must be a number, got '3e-4x'``.
+    """
+    from metasched.envs.lr_control import LRControlEnv
+
+    params = inspect.signature(algo_class(algo).__init__).parameters if algo in ALGOS else {}
+    for key, value in list(algo_kwargs.items()):
+        if key not in params or callable(value):
+            continue
+        kind = _numeric_annotation(params[key])
+        algo_kwargs[key] = _coerce(kind, key, value, f"{algo} hyperparameter ")
+    env_defaults = _defaults(LRControlEnv.__init__)
+    for key, value in list(env_kwargs.items()):
+        kind = _numeric_default(env_defaults.get(key))
+        env_kwargs[key] = _coerce(kind, key, value, "env kwarg ")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check a config; raise :class:`ConfigError` naming the first problem."""
     from metasched.envs.registration import ENV_IDS
@@ -248,6 +329,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(
                 did_you_mean(key, [*META_KEYS, *options], f"hyperparameter for {cfg.algo}:")
             )
+    coerce_numbers(cfg.algo, dict(cfg.algo_kwargs), dict(cfg.env_kwargs))  # raises on bad types
+    for key in ("clip_obs", "clip_reward", "gamma", "epsilon"):
+        _coerce(float, key, getattr(cfg.normalize, key), "normalize option ")
     act = cfg.policy_kwargs.get("activation_fn")
     if act is not None and act not in ACTIVATIONS:
         raise ConfigError(did_you_mean(str(act), ACTIVATIONS, "activation_fn"))
@@ -303,12 +387,17 @@ def load_config(
         if not meta["n_timesteps"].is_integer():
             raise ConfigError(f"n_timesteps must be an integer, got {meta['n_timesteps']!r}")
         meta["n_timesteps"] = int(meta["n_timesteps"])
+    algo_kwargs = dict(block)
+    env_kwargs = dict(meta.pop("env_kwargs", {}))
+    _check_env_kwargs(env_kwargs)  # unknown keys first, with a suggestion
+    coerce_numbers(algo, algo_kwargs, env_kwargs)
     cfg = TrainConfig(
         algo=algo,
         env_id=env_id,
         seed=seed,
+        env_kwargs=env_kwargs,
         normalize=norm_cfg,
-        algo_kwargs=block,
+        algo_kwargs=algo_kwargs,
         **meta,
     )
     validate(cfg)

@@ -17,7 +17,6 @@ or not, with its state carried between calls). Feature extractors other than the
 from __future__ import annotations
 
 import datetime
-import inspect
 import math
 import os
 import platform
@@ -291,30 +290,14 @@ def _json_value(value: Any, what: str) -> Any:
 
 
 def _resolved_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Return the env's keywords, with registered defaults below the ones given."""
-    import gymnasium as gym
-
-    import metasched  # noqa: F401 - registers the metasched env ids
+    """Return the env's keywords (:func:`~metasched.envs.registration.resolve_env_kwargs`)."""
+    from metasched.envs.registration import resolve_env_kwargs
+    from metasched.errors import UnknownNameError
 
     try:
-        spec = gym.spec(env_id)
-    except Exception:
+        out = resolve_env_kwargs(env_id, env_kwargs)
+    except UnknownNameError:
         raise ExportError(f"unknown env id {env_id!r}") from None
-    out: dict[str, Any] = {}
-    entry = spec.entry_point
-    if isinstance(entry, str):
-        from gymnasium.envs.registration import load_env_creator
-
-        entry = load_env_creator(entry)
-    try:
-        params = inspect.signature(entry).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        params = {}
-    for name, p in params.items():
-        if name != "split" and p.default is not inspect.Parameter.empty:
-            out[name] = p.default
-    out.update(spec.kwargs or {})
-    out.update(env_kwargs)
     return _json_value(out, "env_kwargs")
 
 

@@ -15,7 +15,16 @@
       tb/                  TensorBoard logs
 
 Every file and checkpoint is written to a temporary name and renamed into place, so a crash
-(even SIGKILL) mid-write never leaves a corrupt latest checkpoint.
+(even SIGKILL) mid-write never leaves a corrupt latest checkpoint. Replacing a directory that
+exists (``best/``, ``final/``) takes two renames: the old copy is first moved aside to
+``.old-NAME-PID`` and only deleted once the new one is in place, so a kill between the renames
+leaves the old copy: :func:`recover_replaced_dirs` (run on resume) moves it back, and
+:func:`readable_dir` (used by export, which must not move anything under a running trainer)
+reads it where it is.
+
+JSON files are strict JSON; non-finite floats (a diverged episode's ``inf`` final loss) are
+encoded as the scheduler state codec does (:mod:`metasched.schedulers.state_codec`), so
+:func:`write_json` and :func:`read_json` round-trip them.
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from metasched.errors import ConfigError
+from metasched.schedulers.state_codec import decode_tree, encode_tree
+from metasched.yamlio import load_yaml
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -40,8 +50,12 @@ __all__ = [
     "latest_checkpoint",
     "load_vecnormalize_stats",
     "read_config",
+    "read_json",
+    "readable_dir",
+    "recover_replaced_dirs",
     "vecnormalize_stats",
     "write_dir_atomically",
+    "write_json",
 ]
 
 CHECKPOINT_PREFIX = "step_"
@@ -90,7 +104,7 @@ def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Pa
                 os.fsync(fh.fileno())
         old = None
         if target.exists():
-            old = target.parent / f".old-{target.name}-{os.getpid()}"
+            old = target.parent / f"{_old_prefix(target.name)}{os.getpid()}"
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:
@@ -102,9 +116,67 @@ def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Pa
     return target
 
 
+def _old_prefix(name: str) -> str:
+    return f".old-{name}-"
+
+
+def _old_copies(parent: Path, name: str) -> list[Path]:
+    """Old copies of ``parent/name`` left aside by a replacement, newest first."""
+    if not parent.is_dir():
+        return []
+    prefix = _old_prefix(name)
+    found = [
+        p
+        for p in parent.iterdir()
+        if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def readable_dir(target: str | Path) -> Path:
+    """Return ``target``, or the old copy a kill mid-replacement left aside (read-only)."""
+    target = Path(target)
+    if target.exists():
+        return target
+    olds = _old_copies(target.parent, target.name)
+    return olds[0] if olds else target
+
+
+def recover_replaced_dirs(parent: str | Path) -> list[Path]:
+    """Move back old copies that a kill mid-replacement left aside; return the restored dirs.
+
+    :func:`write_dir_atomically` renames an existing ``NAME`` to ``.old-NAME-PID`` before it
+    renames the new ``NAME`` into place. Killed in between, ``NAME`` is missing and the old
+    copy is the newest complete one: it is renamed back. Old copies whose ``NAME`` exists are
+    left for :func:`remove_stale_temporaries`.
+    """
+    parent = Path(parent)
+    restored: list[Path] = []
+    if not parent.is_dir():
+        return restored
+    olds = sorted(
+        (p for p in parent.iterdir() if p.is_dir() and p.name.startswith(".old-")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,  # newest first: if several were left, the newest is restored
+    )
+    for old in olds:
+        name = old.name[len(".old-") :].rsplit("-", 1)[0]
+        target = parent / name
+        if name and not target.exists():
+            os.replace(old, target)
+            _fsync_dir(parent)
+            restored.append(target)
+    return restored
+
+
 def remove_stale_temporaries(run_dir: str | Path) -> None:
-    """Delete half-written temporaries (files and directories) a killed run left behind."""
+    """Delete half-written temporaries (files and directories) a killed run left behind.
+
+    Old copies of replaced directories are first moved back where the replacement never
+    landed (:func:`recover_replaced_dirs`), so no directory is lost.
+    """
     for parent in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        recover_replaced_dirs(parent)
         if parent.is_dir():
             for p in parent.iterdir():
                 if not p.name.startswith((".tmp-", ".old-")):
@@ -149,7 +221,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a metasched run directory (no config.yaml)")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text())
     if not isinstance(data, dict) or "algo" not in data:
         raise ConfigError(f"{str(path)!r} is not a metasched run config")
     return data
@@ -196,5 +268,10 @@ def obs_norm_from_stats(stats: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Atomically write strict JSON."""
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+    """Atomically write ``data`` as strict JSON (non-finite floats encoded, see module doc)."""
+    atomic_write_text(path, json.dumps(encode_tree(data), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a file written by :func:`write_json` (non-finite floats decoded)."""
+    return decode_tree(json.loads(Path(path).read_text()))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
+import os
 import platform
 import random
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ from metasched.agents.rundir import (
     load_vecnormalize_stats,
     obs_norm_from_stats,
     read_config,
+    read_json,
+    readable_dir,
     remove_stale_temporaries,
     vecnormalize_stats,
     write_dir_atomically,
@@ -93,21 +97,15 @@ def _versions() -> dict[str, str]:
 
 
 def resolved_env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """Return every keyword of the env with its value in this run (defaults filled in)."""
-    import inspect
+    """Return every keyword of the env with its value in this run.
 
-    from metasched.envs.lr_control import LRControlEnv
+    The registered spec of ``cfg.env_id`` fills in what ``cfg.env_kwargs`` leaves out
+    (:func:`~metasched.envs.registration.resolve_env_kwargs`, the one resolver that export,
+    distillation and comparison use too).
+    """
+    from metasched.envs.registration import resolve_env_kwargs
 
-    params = inspect.signature(LRControlEnv.__init__).parameters
-    out = {
-        k: p.default
-        for k, p in params.items()
-        if k not in ("self", "split") and p.default is not inspect.Parameter.empty
-    }
-    out.update(cfg.env_kwargs)
-    if isinstance(out.get("lr_range"), tuple):
-        out["lr_range"] = list(out["lr_range"])
-    return out
+    return resolve_env_kwargs(cfg.env_id, cfg.env_kwargs)
 
 
 # -- environments ----------------------------------------------------------------------------
@@ -166,14 +164,18 @@ def _make_worker_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:
 
 
 def keep_lr_action(mode: str, env_kwargs: dict[str, Any]) -> Any:
-    """Return the action that keeps the current LR (the 'do nothing' reference policy)."""
+    """Return the action that keeps the current LR (the 'do nothing' reference policy).
+
+    ``env_kwargs`` needs ``lr_range`` (and ``init_lr``) for the ``absolute`` mode: pass the
+    resolved kwargs (:func:`resolved_env_kwargs`) or the env's own values.
+    """
     from metasched.actions import DISCRETE_FACTORS
 
     if mode in DISCRETE_FACTORS:
         return DISCRETE_FACTORS[mode].index(1.0)
     if mode == "continuous":
         return np.zeros(1, dtype=np.float32)
-    lo, hi = (float(x) for x in env_kwargs.get("lr_range", (1e-3, 64.0)))
+    lo, hi = (float(x) for x in env_kwargs["lr_range"])
     init = float(env_kwargs.get("init_lr", 1.0))
     a = 2.0 * (math.log(init) - math.log(lo)) / (math.log(hi) - math.log(lo)) - 1.0
     return np.array([a], dtype=np.float32)
@@ -198,6 +200,7 @@ def evaluate_policy(
 
     env = gym.make(env_id, split=split, **env_kwargs).unwrapped
     mode = env.action_mode
+    own = {"lr_range": env.lr_range, "init_lr": env.init_lr}  # what the env really runs with
     returns, finals, diverged = [], [], 0
     space = env.action_space
     space.seed(seed)
@@ -207,7 +210,7 @@ def evaluate_policy(
         info: dict[str, Any] = {}
         while not done:
             if act == "keep":
-                a = keep_lr_action(mode, env_kwargs)
+                a = keep_lr_action(mode, own)
             elif act == "random":
                 a = space.sample()
             else:
@@ -423,6 +426,84 @@ def _make_callback(tr: _Trainer) -> Any:
     return RunCallback()
 
 
+def _progress_callback(total: int) -> Any:
+    """SB3 callback that prints a progress line every few seconds (for non-terminals)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from metasched.progress import Progress
+
+    class ProgressLines(BaseCallback):
+        """Progress of ``learn`` as plain lines (:class:`~metasched.progress.Progress`)."""
+
+        def _on_training_start(self) -> None:
+            self.start = self.model.num_timesteps
+            self.report = Progress("training", total=total - self.start, unit="timesteps",
+                                   tty=False)  # fmt: skip
+
+        def _on_step(self) -> bool:
+            self.report.update_to(self.model.num_timesteps - self.start)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.report.close()
+
+    return ProgressLines()
+
+
+def _build(cfg: TrainConfig, tr: _Trainer, run_dir: Path) -> None:
+    """Build the env and the model of a new run (nothing is written to disk)."""
+    tr.venv = make_train_env(cfg, cfg.seed)
+    try:
+        tr.model = algo_class(cfg.algo)(
+            cfg.policy,
+            tr.venv,
+            seed=cfg.seed,
+            device="cpu",
+            verbose=0,
+            tensorboard_log=str(run_dir / "tb"),
+            policy_kwargs=cfg.resolved_policy_kwargs() or None,
+            **cfg.algo_kwargs,
+        )
+    except BaseException:
+        tr.venv.close()
+        raise
+
+
+def _start(cfg: TrainConfig, tr: _Trainer, run_dir: Path, cmd: str) -> None:
+    """Create the run directory of a new run, ending with a resumable checkpoint at step 0.
+
+    Everything is written into a temporary sibling (``.tmp-NAME-*``) that is renamed to
+    ``run_dir`` only when complete, so a start that fails, is interrupted or is killed leaves
+    ``run_dir`` as it was (absent or empty) and the same command can simply be run again.
+    """
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run_dir.name}-", dir=run_dir.parent))
+    tr.run_dir = tmp
+    try:
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json(tmp / "version.json", _versions())
+        atomic_write_text(tmp / "command.txt", cmd + "\n")
+        base = {}
+        for name in ("keep", "random"):
+            base[name] = evaluate_policy(
+                name, cfg.env_id, cfg.env_kwargs, n_episodes=cfg.n_eval_episodes
+            )
+            tr.log(
+                f"reference policy {name!r}: mean return {base[name]['mean_return']:+.3f}, "
+                f"median final loss {base[name]['median_final_loss']:.4g}"
+            )
+        write_json(tmp / "baselines.json", base)
+        tr.evaluate()
+        if cfg.checkpoint_freq:
+            tr.save_checkpoint()  # from here on, --resume can continue the run
+        os.replace(tmp, run_dir)  # replaces an empty run_dir too
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        tr.run_dir = run_dir
+
+
 def train(
     cfg: TrainConfig | None,
     run_dir: str | Path,
@@ -436,15 +517,20 @@ def train(
     """Train (or, with ``resume``, continue) the run in ``run_dir``; return its result.
 
     A new run needs ``cfg`` and an empty or absent ``run_dir`` (an existing run is never
-    overwritten). ``resume`` reloads the config from the directory and continues from its
-    newest complete checkpoint — model, optimizer, normaliser statistics, timestep counter,
-    RNG state and evaluation history — so a crash costs at most one checkpoint interval.
-    ``total_timesteps`` (resume only) changes the target.
+    overwritten). The env and model are built before anything is written, and the new
+    directory appears only once it holds a checkpoint at step 0: a start that fails, or
+    is killed, leaves ``run_dir`` as it was. ``resume`` reloads
+    the config from the directory and continues from its newest complete checkpoint —
+    model, optimizer, normaliser statistics, timestep counter, RNG state and evaluation
+    history — so a crash costs at most one checkpoint interval. ``total_timesteps``
+    (resume only) changes the target. ``progress`` shows a bar on a terminal and a line
+    every few seconds otherwise (:mod:`metasched.progress`).
     """
     from stable_baselines3.common.vec_env import VecNormalize
 
     run_dir = Path(run_dir)
     resumed_from: int | None = None
+    cmd = " ".join(shlex.quote(a) for a in (command if command is not None else sys.argv))
     if resume:
         cfg = TrainConfig.from_dict(read_config(run_dir))
         if total_timesteps is not None:
@@ -453,6 +539,8 @@ def train(
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise ConfigError(f"{str(run_dir)!r} has no checkpoint to resume from")
+        with open(run_dir / "command.txt", "a") as fh:
+            fh.write(cmd + "\n")
     else:
         if cfg is None:
             raise ConfigError("a new run needs a config")
@@ -461,37 +549,20 @@ def train(
                 f"run directory {str(run_dir)!r} is not empty; pass --resume to continue it "
                 "or choose another --out"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        write_json(run_dir / "version.json", _versions())
         ckpt = None
     assert cfg is not None
-    cmd = " ".join(shlex.quote(a) for a in (command if command is not None else sys.argv))
-    with open(run_dir / "command.txt", "a") as fh:
-        fh.write(cmd + "\n")
 
     tr = _Trainer(cfg, run_dir, log)
-    cls = algo_class(cfg.algo)
     if ckpt is None:
-        tr.venv = make_train_env(cfg, cfg.seed)
-        tr.model = cls(
-            cfg.policy,
-            tr.venv,
-            seed=cfg.seed,
-            device="cpu",
-            verbose=0,
-            tensorboard_log=str(run_dir / "tb"),
-            policy_kwargs=cfg.resolved_policy_kwargs() or None,
-            **cfg.algo_kwargs,
-        )
+        _build(cfg, tr, run_dir)
     else:
-        state = json.loads((ckpt / "state.json").read_text())
+        state = read_json(ckpt / "state.json")
         done = int(state["timesteps"])
         resumed_from = done
         tr.venv = make_train_env(cfg, cfg.seed + done)  # fresh, deterministic episode streams
         if isinstance(tr.venv, VecNormalize):
-            load_vecnormalize_stats(tr.venv, json.loads((ckpt / "vecnormalize.json").read_text()))
-        tr.model = cls.load(
+            load_vecnormalize_stats(tr.venv, read_json(ckpt / "vecnormalize.json"))
+        tr.model = algo_class(cfg.algo).load(
             ckpt / "model.zip", env=tr.venv, device="cpu", tensorboard_log=str(run_dir / "tb")
         )
         if (ckpt / "replay_buffer.pkl").is_file():
@@ -509,39 +580,34 @@ def train(
             f"training {tr.total:,} timesteps ({cfg.n_timesteps:,} rounded up to whole "
             f"rollouts of {chunk:,})"
         )
-
-    if ckpt is None:
-        base = {}
-        for name in ("keep", "random"):
-            base[name] = evaluate_policy(
-                name, cfg.env_id, cfg.env_kwargs, n_episodes=cfg.n_eval_episodes
+    try:
+        if ckpt is None:
+            _start(cfg, tr, run_dir, cmd)
+        remaining = tr.total - int(tr.model.num_timesteps)
+        if remaining > 0:
+            tty = progress and sys.stderr.isatty()
+            callbacks = [_make_callback(tr)]
+            if progress and not tty:
+                callbacks.append(_progress_callback(tr.total))
+            tr.model.learn(
+                total_timesteps=remaining,
+                callback=callbacks,
+                reset_num_timesteps=ckpt is None,
+                progress_bar=tty,
+                tb_log_name="run",
             )
-            log(
-                f"reference policy {name!r}: mean return {base[name]['mean_return']:+.3f}, "
-                f"median final loss {base[name]['median_final_loss']:.4g}"
-            )
-        write_json(run_dir / "baselines.json", base)
-        tr.evaluate()
-    remaining = tr.total - int(tr.model.num_timesteps)
-    if remaining > 0:
-        tr.model.learn(
-            total_timesteps=remaining,
-            callback=_make_callback(tr),
-            reset_num_timesteps=ckpt is None,
-            progress_bar=progress,
-            tb_log_name="run",
-        )
-    if not tr.history or tr.history[-1]["timesteps"] != tr.model.num_timesteps:
-        tr.evaluate()
-    write_dir_atomically(run_dir / "final", tr._fill_model)
-    if cfg.checkpoint_freq:
-        last = latest_checkpoint(run_dir)
-        if last is None or json.loads((last / "state.json").read_text())["timesteps"] != int(
-            tr.model.num_timesteps
-        ):
-            tr.save_checkpoint()
-    tr.venv.close()
-    baselines = json.loads((run_dir / "baselines.json").read_text())
+        if not tr.history or tr.history[-1]["timesteps"] != tr.model.num_timesteps:
+            tr.evaluate()
+        write_dir_atomically(run_dir / "final", tr._fill_model)
+        if cfg.checkpoint_freq:
+            last = latest_checkpoint(run_dir)
+            if last is None or read_json(last / "state.json")["timesteps"] != int(
+                tr.model.num_timesteps
+            ):
+                tr.save_checkpoint()
+    finally:
+        tr.venv.close()
+    baselines = read_json(run_dir / "baselines.json")
     return TrainResult(
         run_dir=run_dir,
         timesteps=int(tr.model.num_timesteps),
@@ -561,7 +627,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, which: str = "best") -> 
         if src is None:
             raise ConfigError(f"{str(run_dir)!r} has no checkpoint")
     elif which in ("best", "final"):
-        src = run_dir / which
+        src = readable_dir(run_dir / which)  # a kill mid-replacement left the old copy
         if not (src / "model.zip").is_file():
             raise ConfigError(f"{str(run_dir)!r} has no {which} model yet")
     else:
@@ -570,7 +636,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, which: str = "best") -> 
 
     model = algo_class(cfg.algo).load(src / "model.zip", device="cpu")
     stats_path = src / "vecnormalize.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
+    stats = read_json(stats_path) if stats_path.is_file() else None
     return export_model(
         model,
         Path(out),

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from metasched.errors import ConfigError
+from metasched.errors import ConfigError, MetaschedError
 from metasched.inner_tasks import make_family
 from metasched.inner_tasks.base import TaskFamily, check_split
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA
@@ -67,9 +67,6 @@ DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-5.0, 5
 #: Labels whose (initial / peak) LR is tuned on ``train``, and the scheduler each runs.
 TUNED: dict[str, str] = {"constant": "constant", "cosine": "cosine", "greedy-tuned": "greedy"}
 
-#: The LR range of the agent, as multiples of the reference LR (LRControlEnv's default).
-AGENT_LR_RANGE: tuple[float, float] = (1e-3, 64.0)
-
 _PATH_SCHEDULERS = ("learned", "rules")
 
 
@@ -88,10 +85,13 @@ class SchedulerSpec:
 
 
 def _parse_value(text: str) -> Any:
+    """Parse an option value as YAML, numbers as written (``1e-4`` is a float)."""
     import yaml
 
+    from metasched.yamlio import load_yaml
+
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         raise ConfigError(f"cannot parse scheduler option value {text!r}") from None
 
@@ -125,7 +125,12 @@ def parse_scheduler(text: str) -> SchedulerSpec:
                 raise ConfigError(f"expected key=value in scheduler {text!r}, got {item!r}")
             kwargs[key.strip()] = _parse_value(value)
     registry_name = TUNED.get(name, name)  # greedy-tuned runs greedy
-    make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))  # validates
+    try:  # validates the options now, before anything runs
+        make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))
+    except MetaschedError:
+        raise
+    except ValueError as exc:  # the schedulers' own argument checks: user input
+        raise ConfigError(f"scheduler {text!r}: {exc}") from None
     return SchedulerSpec(text, registry_name, kwargs)
 
 
@@ -153,9 +158,12 @@ def _with_bounds(
     name: str,
     kwargs: dict[str, Any],
     lr_ref: float,
-    lr_range: Sequence[float] = AGENT_LR_RANGE,
+    lr_range: Sequence[float] = TaskFamily.lr_range,
 ) -> dict[str, Any]:
-    """GreedyLR's absolute LR bounds default to the agent's range around ``lr_ref``."""
+    """GreedyLR's absolute LR bounds default to the agent's range around ``lr_ref``.
+
+    ``lr_range`` is the family's (:func:`~metasched.inner_tasks.family_lr_range`).
+    """
     if name != "greedy":
         return dict(kwargs)
     out = dict(kwargs)
@@ -250,7 +258,7 @@ class Cell:
     interval: int
     clip: str
     kappa: float
-    lr_range: tuple[float, float] = AGENT_LR_RANGE
+    lr_range: tuple[float, float] = TaskFamily.lr_range
 
     def key(self) -> dict[str, Any]:
         """Return what identifies the run (stored with its result, checked on resume)."""
@@ -377,9 +385,15 @@ def run_cells(
         if progress:
             progress(done, len(cells))
 
+    failed: tuple[int, BaseException] | None = None
     if jobs <= 1 or len(todo) <= 1:
         for i in todo:
-            store(i, run_cell(cells[i]))
+            try:
+                res = run_cell(cells[i])
+            except Exception as exc:
+                failed = (i, exc)
+                break
+            store(i, res)
     else:
         import multiprocessing as mp
 
@@ -389,8 +403,33 @@ def run_cells(
         ) as pool:
             futures = {pool.submit(run_cell, cells[i]): i for i in todo}
             for fut in as_completed(futures):  # store each run as soon as it is done
-                store(futures[fut], fut.result())
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if exc is None:
+                    store(futures[fut], fut.result())
+                elif failed is None:  # keep the runs in flight, start no new one
+                    failed = (futures[fut], exc)
+                    for other in futures:
+                        other.cancel()
+    if failed is not None:
+        _raise_failed(cells[failed[0]], failed[1], done, len(cells), root)
     return [r for r in results if r is not None]
+
+
+def _raise_failed(cell: Cell, exc: BaseException, done: int, total: int, root: Path) -> None:
+    """Report a failed run: which cell, its error, and that the finished runs are kept."""
+    where = (
+        f"run {cell.label!r} on {cell.family} {cell.split} instance {cell.index} seed "
+        f"{cell.seed}" + ("" if cell.multiple is None else f" at LR multiple {cell.multiple:g}")
+    )
+    msg = (
+        f"{where} failed: {type(exc).__name__}: {exc} ({done} of {total} runs finished and "
+        f"stored in {os.fspath(root)}; run the same command again to resume)"
+    )
+    if isinstance(exc, MetaschedError):  # bad user input (e.g. a policy file): one line
+        raise ConfigError(msg) from exc
+    raise RuntimeError(msg) from exc  # a bug: the worker's traceback is chained below
 
 
 def _final(res: dict[str, Any]) -> float:
@@ -522,21 +561,14 @@ def compare(
 
 
 def _progress_bar(enabled: bool) -> Callable[[str], Callable[[int, int], None] | None]:
+    """Progress per phase: a bar on a terminal, a line every few seconds in a log."""
+
     def make(desc: str) -> Callable[[int, int], None] | None:
         if not enabled:
             return None
-        from tqdm.auto import tqdm
+        from metasched.progress import Progress
 
-        bar = tqdm(desc=desc, unit="run", leave=False)
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-            if done >= total:
-                bar.close()
-
-        return update
+        return Progress(desc, unit="run").update_to
 
     return make
 

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from metasched.actions import DISCRETE_FACTORS
-from metasched.distill.compare import AGENT_LR_RANGE, problem_rng
+from metasched.distill.compare import problem_rng
+from metasched.errors import ConfigError
 from metasched.features import FEATURE_NAMES
-from metasched.inner_tasks import make_family
+from metasched.inner_tasks import TaskFamily, family_lr_range, make_family
 from metasched.schedulers import GreedyLR, LearnedScheduler
 from metasched.schedulers.rules import RulesScheduler, write_rules
 from metasched.schedulers.runner import Run, run_schedule
@@ -68,6 +69,7 @@ class Rollout:
     actions: np.ndarray  # (T, ...) the policy's actions
     directions: np.ndarray  # (T,) int: -1 down, 0 keep, +1 up (the action's intent)
     final_loss: float
+    lr_range: tuple[float, float] = TaskFamily.lr_range  # the family's (reference-LR multiples)
 
 
 def _direction(mode: str, action: np.ndarray) -> int:
@@ -94,7 +96,7 @@ def rollout(
     for i in indices:
         sched = LearnedScheduler(path=policy_path)
         if sched.action_mode == "absolute":
-            raise ValueError("distillation needs a relative action mode, not 'absolute'")
+            raise ConfigError("distillation needs a relative action mode, not 'absolute'")
         sched.recorder = []
         task = fam.make(split, i)
         run = Run(task, sched, budget=budget, interval=interval)
@@ -106,15 +108,18 @@ def rollout(
         obs = np.array([o for o, _ in rec])
         acts = np.array([a for _, a in rec])
         dirs = np.array([_direction(sched.action_mode, a) for a in acts])
-        out.append(Rollout(task.name, base, signals, obs, acts, dirs, run.trace.final_loss))
+        out.append(Rollout(task.name, base, signals, obs, acts, dirs, run.trace.final_loss,
+                           lr_range=family_lr_range(fam)))  # fmt: skip
     return out
 
 
 def greedy_directions(params: dict[str, Any], ro: Rollout, lr_ref: float) -> np.ndarray:
-    """GreedyLR's LR directions when fed the policy's signals (teacher forcing)."""
-    g = GreedyLR(
-        min_lr=AGENT_LR_RANGE[0] * lr_ref, max_lr=AGENT_LR_RANGE[1] * lr_ref, **_greedy(params)
-    )
+    """GreedyLR's LR directions when fed the policy's signals (teacher forcing).
+
+    GreedyLR's bounds are the rollout family's LR range around ``lr_ref``, as in ``compare``.
+    """
+    lo, hi = ro.lr_range
+    g = GreedyLR(min_lr=lo * lr_ref, max_lr=hi * lr_ref, **_greedy(params))
     lr = g.reset(lr_ref, ro.signals[0])
     dirs = [0]
     for sig in ro.signals[1:-1]:
@@ -178,6 +183,7 @@ def fit_greedy(
         scored.append((agreement_of(params, rollouts, lambda r: r.base_lr), params))
     scored.sort(key=lambda t: -t[0])
     fam = make_family(family, family_seed)
+    lo, hi = family_lr_range(fam)
     best: GreedyFit | None = None
     cands = []
     for agree, params in scored[:top_k]:
@@ -186,8 +192,7 @@ def fit_greedy(
             task = fam.make("train", i)
             task.reset(problem_rng(family_seed, "train", i, 0))
             ref = float(task.default_lr())
-            g = GreedyLR(min_lr=AGENT_LR_RANGE[0] * ref, max_lr=AGENT_LR_RANGE[1] * ref,
-                         **_greedy(params))  # fmt: skip
+            g = GreedyLR(min_lr=lo * ref, max_lr=hi * ref, **_greedy(params))
             tr = run_schedule(task, g, budget=budget, interval=interval,
                               seed=problem_rng(family_seed, "train", i, 0))  # fmt: skip
             finals.append(tr.final_loss)
@@ -325,14 +330,22 @@ def distill(
     family: str = "nmf",
     n_train: int = 20,
     n_test: int = 20,
-    budget: int = 2000,
+    budget: int | None = None,
     interval: int | None = None,
     max_depth: int = 3,
     family_seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> Distilled:
-    """Distil the policy in ``policy_path`` (see the module docstring); write the rules file."""
+    """Distil the policy in ``policy_path`` (see the module docstring); write the rules file.
+
+    ``budget`` defaults to the budget of ``family``'s registered env (the env-kwargs
+    resolver, as in ``compare``); ``interval`` to the policy's decision interval.
+    """
+    from metasched.envs.registration import env_defaults
+
     policy = LearnedScheduler(path=policy_path)
+    if budget is None:
+        budget = env_defaults(family)[0]
     interval = int(interval or policy.decision_interval or 50)
     mode = policy.action_mode
     kw = {"budget": budget, "interval": interval, "family_seed": family_seed}

@@ -216,7 +216,7 @@ class BatchedNMFVecEnv(VecEnv):
         steps_per_action: int = 50,
         clip: str = "deterministic",
         kappa: float = DEFAULT_KAPPA,
-        lr_range: tuple[float, float] = (1e-3, 64.0),
+        lr_range: tuple[float, float] = NMFFamily.lr_range,
         init_lr: float = 1.0,
         reward: str = "log_improvement",
         divergence_penalty: float = 1.0,

@@ -11,8 +11,9 @@ import numpy as np
 from gymnasium import spaces
 
 from metasched.actions import ACTION_MODES, DISCRETE_FACTORS, ActionMode, action_to_lr
+from metasched.errors import ConfigError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
-from metasched.inner_tasks import check_split, make_family
+from metasched.inner_tasks import check_split, family_lr_range, make_family
 from metasched.inner_tasks.base import InnerTask, TaskFamily
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA, ClipMode, Driver
 
@@ -28,7 +29,7 @@ def action_space_for(mode: str) -> spaces.Space:
         return spaces.Discrete(len(DISCRETE_FACTORS[mode]))
     if mode in ("continuous", "absolute"):
         return spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-    raise ValueError(f"action must be one of {', '.join(ACTION_MODES)}, got {mode!r}")
+    raise ConfigError(f"action must be one of {', '.join(ACTION_MODES)}, got {mode!r}")
 
 
 def check_env_args(
@@ -48,31 +49,31 @@ def check_env_args(
     """Validate the arguments every LR-control env shares; return ``lr_range`` as floats.
 
     Raises:
-        ValueError: naming the first bad argument and its value.
+        ConfigError: (a ``ValueError``) naming the first bad argument and its value.
     """
     check_split(split)
     if not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+        raise ConfigError(f"budget must be a positive integer, got {budget!r}")
     if not isinstance(steps_per_action, int) or steps_per_action < 1:
-        raise ValueError(f"steps_per_action must be a positive integer, got {steps_per_action!r}")
+        raise ConfigError(f"steps_per_action must be a positive integer, got {steps_per_action!r}")
     if clip not in clip_modes:
-        raise ValueError(f"clip must be one of {', '.join(clip_modes)}, got {clip!r}")
+        raise ConfigError(f"clip must be one of {', '.join(clip_modes)}, got {clip!r}")
     if not (isinstance(kappa, int | float) and math.isfinite(kappa) and kappa > 0):
-        raise ValueError(f"kappa must be a positive finite number, got {kappa!r}")
+        raise ConfigError(f"kappa must be a positive finite number, got {kappa!r}")
     try:
         lo, hi = (float(x) for x in lr_range)
     except (TypeError, ValueError):
-        raise ValueError(f"lr_range must be (low, high), got {lr_range!r}") from None
+        raise ConfigError(f"lr_range must be (low, high), got {lr_range!r}") from None
     if not (0 < lo < hi and math.isfinite(hi)):
-        raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range!r}")
+        raise ConfigError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range!r}")
     if not (lo <= init_lr <= hi):
-        raise ValueError(f"init_lr must lie in lr_range {lr_range!r}, got {init_lr!r}")
+        raise ConfigError(f"init_lr must lie in lr_range {lr_range!r}, got {init_lr!r}")
     if reward not in REWARD_MODES:
-        raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}, got {reward!r}")
+        raise ConfigError(f"reward must be one of {', '.join(REWARD_MODES)}, got {reward!r}")
     if not (math.isfinite(divergence_penalty) and divergence_penalty >= 0):
-        raise ValueError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
+        raise ConfigError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
     if not divergence_factor > 1:
-        raise ValueError(f"divergence_factor must be > 1, got {divergence_factor!r}")
+        raise ConfigError(f"divergence_factor must be > 1, got {divergence_factor!r}")
     return lo, hi
 
 
@@ -134,7 +135,8 @@ class LRControlEnv(gym.Env):
     ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``test``/
     ``shift``), ``action``, ``budget`` (2000), ``steps_per_action`` (50), ``clip``
     (``"deterministic"``, ``"noise_aware"``, ``"none"``), ``kappa`` (2.0), ``lr_range``
-    ((1e-3, 64.0)), ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
+    (default: the family's ``lr_range``, (1e-3, 64.0) for NMF, (0.01, 20.0) for networks),
+    ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
     ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict).
     ``info`` carries ``lr``, ``applied_lr``, ``train_loss``, ``val_loss``, ``diverged``,
     ``clipped``, ``inner_steps``, ``instance`` and, at the end, ``final_loss``.
@@ -169,7 +171,7 @@ class LRControlEnv(gym.Env):
         steps_per_action: int = 50,
         clip: ClipMode = DEFAULT_CLIP,
         kappa: float = DEFAULT_KAPPA,
-        lr_range: tuple[float, float] = (1e-3, 64.0),
+        lr_range: tuple[float, float] | None = None,
         init_lr: float = 1.0,
         reward: str = "log_improvement",
         divergence_penalty: float = 1.0,
@@ -179,6 +181,8 @@ class LRControlEnv(gym.Env):
     ) -> None:
         super().__init__()
         self.action_space = action_space_for(action)
+        if lr_range is None:  # the family's own range (one place: TaskFamily.lr_range)
+            lr_range = family_lr_range(family)
         lo, hi = check_env_args(
             split=split,
             budget=budget,

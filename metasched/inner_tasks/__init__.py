@@ -37,6 +37,7 @@ __all__ = [
     "StepStats",
     "TaskFamily",
     "check_split",
+    "family_lr_range",
     "make_family",
     "planted_matrix",
 ]
@@ -59,3 +60,21 @@ def make_family(name: str, seed: int = 0, **kwargs: Any) -> TaskFamily:
     except KeyError:
         raise UnknownNameError(did_you_mean(name, TASK_FAMILIES, "task family")) from None
     return cls(seed, **kwargs)
+
+
+def family_lr_range(family: str | TaskFamily) -> tuple[float, float]:
+    """Return the agent's LR range of a family (name or instance), as reference-LR multiples.
+
+    Example:
+        >>> family_lr_range("nmf"), family_lr_range("mlp")
+        ((0.001, 64.0), (0.01, 20.0))
+    """
+    if isinstance(family, TaskFamily):
+        lo, hi = family.lr_range
+    else:
+        try:
+            lo, hi = TASK_FAMILIES[family].lr_range
+        except KeyError:
+            msg = did_you_mean(str(family), TASK_FAMILIES, "task family")
+            raise UnknownNameError(msg) from None
+    return float(lo), float(hi)

@@ -9,17 +9,29 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-__all__ = ["SPLITS", "InnerTask", "Split", "StepStats", "TaskFamily", "check_split"]
+from metasched.errors import ConfigError
+
+__all__ = [
+    "NETWORK_LR_RANGE",
+    "SPLITS",
+    "InnerTask",
+    "Split",
+    "StepStats",
+    "TaskFamily",
+    "check_split",
+]
 
 Split = Literal["train", "test", "shift"]
 SPLITS: tuple[str, ...] = ("train", "test", "shift")
 _SPLIT_IDS = {"train": 0, "test": 1, "shift": 2}
+#: LR range of the neural-network families, as multiples of the reference LR.
+NETWORK_LR_RANGE: tuple[float, float] = (0.01, 20.0)
 
 
 def check_split(split: str) -> int:
-    """Return the numeric id of ``split`` or raise a ``ValueError`` naming it."""
+    """Return the numeric id of ``split`` or raise a ``ConfigError`` naming it."""
     if split not in _SPLIT_IDS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     return _SPLIT_IDS[split]
 
 
@@ -117,10 +129,15 @@ class TaskFamily(abc.ABC):
     name: ClassVar[str]
     #: Number of distinct instances per split that an env samples from (train: unbounded).
     pool_sizes: ClassVar[dict[str, int]] = {"train": 2**31 - 1, "test": 100, "shift": 100}
+    #: The LR range an agent (and a bounded scheduler such as GreedyLR in comparisons) moves
+    #: in, as multiples ``(low, high)`` of the instance's reference LR ``default_lr()``. The
+    #: one place this range is set: the env's default ``lr_range``, the registered env specs,
+    #: ``compare`` and distillation all read it.
+    lr_range: ClassVar[tuple[float, float]] = (1e-3, 64.0)
 
     def __init__(self, seed: int = 0) -> None:
         if not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"family seed must be a non-negative integer, got {seed!r}")
+            raise ConfigError(f"family seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
 
     def rng_for(self, split: str, index: int) -> np.random.Generator:

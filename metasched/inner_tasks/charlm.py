@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metasched.inner_tasks.base import TaskFamily, check_split
+from metasched.inner_tasks.base import NETWORK_LR_RANGE, TaskFamily, check_split
 from metasched.inner_tasks.torch_task import (
     TorchTask,
     build_module,
@@ -297,6 +297,8 @@ class CharLMFamily(TaskFamily):
         momenta: choices of EMA momentum.
         reference_lr: the LR every instance reports as its ``default_lr``.
     """
+
+    lr_range = NETWORK_LR_RANGE
 
     name = "charlm"
     pool_sizes = {"train": 2**31 - 1, "test": 50, "shift": 50}  # noqa: RUF012

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from metasched.errors import MetaschedError, MissingDataError
-from metasched.inner_tasks.base import TaskFamily, check_split
+from metasched.inner_tasks.base import NETWORK_LR_RANGE, TaskFamily, check_split
 from metasched.inner_tasks.torch_task import (
     ArrayClassificationTask,
     build_module,
@@ -276,6 +276,8 @@ class FashionFamily(TaskFamily):
         momenta: choices of EMA momentum.
         reference_lr: the LR every instance reports as its ``default_lr``.
     """
+
+    lr_range = NETWORK_LR_RANGE
 
     name = "fashion"
     pool_sizes = {"train": 2**31 - 1, "test": 50, "shift": 50}  # noqa: RUF012

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from metasched.errors import UnknownNameError, did_you_mean
-from metasched.inner_tasks.base import InnerTask, TaskFamily, check_split
+from metasched.inner_tasks.base import NETWORK_LR_RANGE, InnerTask, TaskFamily, check_split
 
 __all__ = ["DEFAULT_MEMBERS", "MixedConfig", "MixedFamily"]
 
@@ -50,6 +50,9 @@ class MixedFamily(TaskFamily):
         weights: relative sampling weights (default: uniform).
         family_kwargs: per-member constructor arguments, e.g. ``{"mlp": {"depths": [1]}}``.
     """
+
+    #: One range for every member (mostly networks), as multiples of the reference LR.
+    lr_range = NETWORK_LR_RANGE
 
     name = "mixed"
 

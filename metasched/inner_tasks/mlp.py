@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from metasched.inner_tasks.base import TaskFamily, check_split
+from metasched.inner_tasks.base import NETWORK_LR_RANGE, TaskFamily, check_split
 from metasched.inner_tasks.torch_task import (
     ArrayClassificationTask,
     build_module,
@@ -190,6 +190,8 @@ class MLPFamily(TaskFamily):
         momenta: choices of EMA momentum.
         reference_lr: the LR every instance reports as its ``default_lr``.
     """
+
+    lr_range = NETWORK_LR_RANGE
 
     name = "mlp"
 

@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metasched.errors import MetaschedError, MissingDependencyError
-from metasched.inner_tasks.base import TaskFamily, check_split
+from metasched.inner_tasks.base import NETWORK_LR_RANGE, TaskFamily, check_split
 from metasched.inner_tasks.mlp import make_mlp
 from metasched.inner_tasks.torch_task import (
     ArrayClassificationTask,
@@ -366,6 +366,8 @@ class MNIST1DFamily(TaskFamily):
         momenta: choices of EMA momentum.
         reference_lr: the LR every instance reports as its ``default_lr``.
     """
+
+    lr_range = NETWORK_LR_RANGE
 
     name = "mnist1d"
 

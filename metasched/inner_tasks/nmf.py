@@ -542,6 +542,9 @@ class NMFFamily(TaskFamily):
         batch_sizes: choices of minibatch size.
     """
 
+    #: LR range as multiples of the reference LR (half the stability bound 1/L).
+    lr_range = (1e-3, 64.0)
+
     name = "nmf"
 
     def __init__(

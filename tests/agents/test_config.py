@@ -73,3 +73,42 @@ def test_bad_names_and_values(tmp_path):
         load_config("ppo", "metasched/NMF-v0", hyperparams=bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("ppo", "metasched/NMF-v0", hyperparams=tmp_path / "nope.yml")
+
+
+# -- issue 12, item 4: numbers as users write them, types checked before anything runs -----
+def test_exponent_floats_in_a_hyperparameter_file_are_numbers(tmp_path):
+    f = tmp_path / "hp.yml"
+    f.write_text("learning_rate: 3e-4\nbuffer_size: 1e5\nenv_kwargs: {kappa: 1e0}\n")
+    cfg = load_config("dqn", "metasched/NMF-v0", hyperparams=f)
+    assert cfg.algo_kwargs["learning_rate"] == 3e-4
+    assert cfg.algo_kwargs["buffer_size"] == 100000
+    assert isinstance(cfg.algo_kwargs["buffer_size"], int)  # a whole float for an int option
+    assert cfg.env_kwargs["kappa"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rate: fast\n", "ppo hyperparameter learning_rate must be a number, got 'fast'"),
+        ("n_steps: 64.5\n", "ppo hyperparameter n_steps must be an integer, got 64.5"),
+        ("gamma: yes\n", "ppo hyperparameter gamma must be a number, got True"),
+        ("env_kwargs: {kappa: big}\n", "env kwarg kappa must be a number, got 'big'"),
+        ("env_kwargs: {budget: 1e2x}\n", "env kwarg budget must be an integer, got '1e2x'"),
+    ],
+)
+def test_a_string_where_a_number_belongs_is_a_one_line_error(tmp_path, text, message):
+    f = tmp_path / "hp.yml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config("ppo", "metasched/NMF-v0", hyperparams=f)
+    assert str(exc.value) == message
+
+
+def test_schedules_and_tuples_pass_the_type_check():
+    from stable_baselines3.common.utils import LinearSchedule
+
+    cfg = load_config("ppo", "metasched/NMF-v0",
+                      overrides={"learning_rate": LinearSchedule(1e-3, 1e-4, 1.0)})  # fmt: skip
+    assert callable(cfg.algo_kwargs["learning_rate"])
+    cfg = load_config("dqn", "metasched/NMF-v0", overrides={"train_freq": [1, "episode"]})
+    assert cfg.algo_kwargs["train_freq"] == [1, "episode"]

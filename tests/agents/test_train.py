@@ -144,3 +144,81 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "not a metasched run directory" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing"), "-o", str(tmp_path / "p.msched")]) == 2
     assert not (tmp_path / "r").exists()
+
+
+# -- issue 12, item 5: a failed start leaves a usable run directory ----------------------------
+def test_invalid_env_setting_fails_before_the_run_directory_exists(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="divergence_factor must be > 1"):
+        train(tiny_config("a2c", env_kwargs={**TINY_ENV, "divergence_factor": 0.5}), run,
+              progress=False, log=lambda s: None)  # fmt: skip
+    assert not run.exists()
+    train(tiny_config("a2c"), run, progress=False, log=lambda s: None)  # the same --out works
+    assert (run / "final" / "model.zip").is_file()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_start_that_fails_midway_removes_what_it_created(tmp_path, monkeypatch, existed):
+    import metasched.agents.train as tr
+
+    run = tmp_path / "run"
+    if existed:
+        run.mkdir()  # an empty directory the user made stays, empty
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("reference policy crashed")
+
+    monkeypatch.setattr(tr, "evaluate_policy", broken)
+    with pytest.raises(RuntimeError, match="reference policy crashed"):
+        train(tiny_config("a2c"), run, progress=False, log=lambda s: None)
+    assert run.is_dir() == existed and (not existed or not any(run.iterdir()))
+    monkeypatch.undo()
+    res = train(tiny_config("a2c"), run, progress=False, log=lambda s: None)
+    assert res.timesteps >= 256
+
+
+def _start_and_die(run):  # runs in a forked child: SIGKILL during the reference policies
+    import metasched.agents.train as tr
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    tr.evaluate_policy = die
+    train(tiny_config("a2c"), run, progress=False, log=lambda s: None)
+    os._exit(0)
+
+
+def test_a_start_killed_midway_leaves_the_run_directory_usable(tmp_path):
+    import multiprocessing as mp
+
+    run = tmp_path / "run"
+    proc = mp.get_context("fork").Process(target=_start_and_die, args=(run,))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == -signal.SIGKILL
+    assert not run.exists()
+    res = train(tiny_config("a2c"), run, progress=False, log=lambda s: None)
+    assert res.timesteps >= 256
+
+
+def test_a_crash_after_the_start_can_be_resumed(tmp_path, monkeypatch):
+    """The start ends with a checkpoint at step 0, so --resume works even before the first
+    periodic checkpoint."""
+    import metasched.agents.train as tr
+
+    run = tmp_path / "run"
+    real = tr._Trainer.evaluate
+    calls = []
+
+    def evaluate(self):
+        calls.append(1)
+        if len(calls) == 2:  # the first periodic evaluation, before the first checkpoint
+            raise RuntimeError("crash in training")
+        return real(self)
+
+    monkeypatch.setattr(tr._Trainer, "evaluate", evaluate)
+    with pytest.raises(RuntimeError, match="crash in training"):
+        train(tiny_config("ppo"), run, progress=False, log=lambda s: None)
+    monkeypatch.undo()
+    res = train(None, run, resume=True, progress=False, log=lambda s: None)
+    assert res.resumed_from == 0 and res.timesteps >= 256
