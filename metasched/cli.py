@@ -38,10 +38,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     family = make_family(args.family, args.family_seed)
     print(
         f"tuning constant and cosine LRs on {args.n_train} train instances of {args.family!r}, "
-        f"then running {args.n_test} test instances (budget {args.budget} inner steps) ..."
+        f"then running {args.n_val} val instances (budget {args.budget} inner steps) ..."
     )
     result = constant_vs_cosine(
-        family, n_train=args.n_train, n_test=args.n_test, budget=args.budget, interval=args.interval
+        family, n_train=args.n_train, n_val=args.n_val, budget=args.budget, interval=args.interval
     )
     print(result.table())
     return 0
@@ -105,7 +105,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         out,
         family=args.task,
         n_train=args.train_instances,
-        n_test=args.test_instances,
+        n_val=args.val_instances,
         budget=args.budget,
         max_depth=args.max_depth,
     )
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="nmf", help="task family (default: nmf)")
     p.add_argument("--family-seed", type=int, default=0)
     p.add_argument("--n-train", type=_positive_int, default=10)
-    p.add_argument("--n-test", type=_positive_int, default=20)
+    p.add_argument("--n-val", type=_positive_int, default=20, help="val instances compared")
     p.add_argument("--budget", type=_positive_int, default=2000, help="inner steps per run")
     p.add_argument("--interval", type=_positive_int, default=50, help="inner steps per decision")
     p.set_defaults(func=_cmd_check)
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="env keyword argument, e.g. --env-kwarg action=discrete5 (repeatable)",
     )
     p.add_argument("--eval-freq", type=int, help="timesteps between evaluations (0: off)")
-    p.add_argument("--eval-episodes", type=_positive_int, help="test episodes per evaluation")
+    p.add_argument("--eval-episodes", type=_positive_int, help="val episodes per evaluation")
     p.add_argument("--checkpoint-freq", type=int, help="timesteps between checkpoints (0: off)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -311,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="rules file to write (default: POLICY.rules.json)")
     p.add_argument("--task", default="nmf", help="task family to roll the policy out on")
     p.add_argument("--train-instances", type=_positive_int, default=20)
-    p.add_argument("--test-instances", type=_positive_int, default=20)
+    p.add_argument(
+        "--val-instances", type=_positive_int, default=20, help="val rollouts for the agreement"
+    )
     p.add_argument("--budget", type=_positive_int, default=2000)
     p.add_argument("--max-depth", type=_positive_int, default=3)
     p.set_defaults(func=_cmd_distill)

@@ -11,9 +11,11 @@ import numpy as np
 
 __all__ = ["SPLITS", "InnerTask", "Split", "StepStats", "TaskFamily", "check_split"]
 
-Split = Literal["train", "test", "shift"]
-SPLITS: tuple[str, ...] = ("train", "test", "shift")
-_SPLIT_IDS = {"train": 0, "test": 1, "shift": 2}
+Split = Literal["train", "val", "test", "shift"]
+SPLITS: tuple[str, ...] = ("train", "val", "test", "shift")
+#: Seed-stream id of each split. ``val`` came last and got the next free id, so every
+#: ``train``/``test``/``shift`` instance is the one it always was.
+_SPLIT_IDS = {"train": 0, "test": 1, "shift": 2, "val": 3}
 
 
 def check_split(split: str) -> int:
@@ -107,16 +109,24 @@ class InnerTask(abc.ABC):
 
 
 class TaskFamily(abc.ABC):
-    """A seeded distribution over task instances with ``train``/``test``/``shift`` splits.
+    """A seeded distribution over task instances with ``train``/``val``/``test``/``shift`` splits.
 
     ``instance_config(split, index)`` is a pure function of ``(family seed, split, index)``:
     the same arguments always give the same frozen config, and different splits draw from
-    disjoint seed streams. ``shift`` draws from a deliberately different distribution.
+    disjoint seed streams. ``val`` and ``test`` draw from the distribution of ``train``;
+    ``shift`` draws from a deliberately different one. Roles: ``train`` for meta-training and
+    tuning, ``val`` for every selection (checkpoints, configs, distillation), ``test`` and
+    ``shift`` for reported numbers only.
     """
 
     name: ClassVar[str]
     #: Number of distinct instances per split that an env samples from (train: unbounded).
-    pool_sizes: ClassVar[dict[str, int]] = {"train": 2**31 - 1, "test": 100, "shift": 100}
+    pool_sizes: ClassVar[dict[str, int]] = {
+        "train": 2**31 - 1,
+        "val": 100,
+        "test": 100,
+        "shift": 100,
+    }
 
     def __init__(self, seed: int = 0) -> None:
         if not isinstance(seed, int | np.integer) or seed < 0:
