@@ -57,6 +57,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from metasched.distill.compare import (
         DEFAULT_GRID,
+        DEFAULT_JOINT_GRID,
         CompareSpec,
         compare,
         parse_scheduler,
@@ -73,19 +74,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         family_seed=args.family_seed,
         tune_instances=args.tune_instances,
         grid=DEFAULT_GRID if args.grid is None else _grid(args.grid),
+        joint_grid=DEFAULT_JOINT_GRID if args.joint_grid is None else _grid(args.joint_grid, "--joint-grid"),
+        tuning_cost=args.tuning_cost,
     )
     scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
     compare(spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress)
     return 0
 
 
-def _grid(text: str) -> tuple[float, ...]:
+def _grid(text: str, option: str = "--grid") -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--grid must be comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
     if not values:
-        raise ValueError(f"--grid must hold at least one number, got {text!r}")
+        raise ValueError(f"{option} must hold at least one number, got {text!r}")
     return values
 
 
@@ -278,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per instance")
     p.add_argument(
         "--schedulers",
-        default="constant,cosine,greedy,greedy-tuned,probe",
+        default="constant,cosine,cosine@ref,constant@ref,greedy,greedy-tuned,probe",
         help="comma-separated: NAME, NAME:key=value,key=value, learned:FILE, rules:FILE",
     )
     p.add_argument(
@@ -288,11 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_positive_int, help="inner steps per decision (default: the env's)"
     )
     p.add_argument("--family-seed", type=int, default=0)
-    p.add_argument("--tune-instances", type=_positive_int, default=10)
+    p.add_argument(
+        "--tune-instances",
+        type=_positive_int,
+        default=40,
+        help="train instances per tuning grid point (default: 40)",
+    )
     p.add_argument(
         "--grid",
         help="tuning grid: comma-separated multiples of the reference LR "
         "(default: 21 half-octaves from 1/32 to 32)",
+    )
+    p.add_argument(
+        "--joint-grid",
+        help="start-LR multiples of jointly tuned baselines such as greedy-tuned "
+        "(default: 0.5,2,8,32)",
+    )
+    p.add_argument(
+        "--tuning-cost",
+        action="store_true",
+        help="also run every tuning grid point on the evaluated split: the tuning-cost view",
     )
     p.add_argument("--jobs", type=_positive_int, default=2, help="processes (default: 2)")
     p.add_argument("--out", required=True, help="output directory (resumable)")

@@ -352,8 +352,8 @@ class MNIST1DTask(ArrayClassificationTask):
 class MNIST1DFamily(TaskFamily):
     """MNIST-1D instances: architecture, width, batch size, init scale, noise, data size.
 
-    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds) on the ``standard`` data;
-    ``shift`` trains on the ``noisy`` data variant with smaller minibatches, fewer training
+    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds) on the ``standard``
+    data; ``shift`` trains on the ``noisy`` data variant with smaller minibatches, fewer training
     signals and more label noise.
 
     Args:
