@@ -74,7 +74,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         family_seed=args.family_seed,
         tune_instances=args.tune_instances,
         grid=DEFAULT_GRID if args.grid is None else _grid(args.grid),
-        joint_grid=DEFAULT_JOINT_GRID if args.joint_grid is None else _grid(args.joint_grid, "--joint-grid"),
+        joint_grid=(
+            DEFAULT_JOINT_GRID
+            if args.joint_grid is None
+            else _grid(args.joint_grid, "--joint-grid")
+        ),
         tuning_cost=args.tuning_cost,
     )
     scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
