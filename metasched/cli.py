@@ -79,7 +79,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             if args.joint_grid is None
             else _grid(args.joint_grid, "--joint-grid")
         ),
-        tuning_cost=args.tuning_cost,
+        tuning_cost=tuple(x for x in (args.tuning_cost or "").split(",") if x),
     )
     scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
     compare(spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress)
@@ -313,8 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tuning-cost",
-        action="store_true",
-        help="also run every tuning grid point on the evaluated split: the tuning-cost view",
+        nargs="?",
+        const="all",
+        metavar="LABELS",
+        help="the tuning-cost view: also run every grid point of these tuned labels "
+        "(comma-separated; no value: all) on the evaluated split",
     )
     p.add_argument("--jobs", type=_positive_int, default=2, help="processes (default: 2)")
     p.add_argument("--out", required=True, help="output directory (resumable)")

@@ -27,9 +27,10 @@ Fair baselines (the table :data:`TUNED`, one entry per tuned label):
 * ``greedy`` is GreedyLR with its defaults, except that its absolute ``min_lr``/``max_lr``
   become the LR range the agent has: ``env lr_range × reference LR``.
 
-With ``tuning_cost=True`` every grid point of every tuned label is also run on the evaluated
-split, which gives the tuning-cost view (``tuning_cost.csv``): the evaluated median of the
-protocol's pick from random subsets of the grid, against the tuning runs spent.
+With ``tuning_cost=("all",)`` (or a tuple of tuned labels) every grid point of those tuned
+labels is also run on the evaluated split, which gives the tuning-cost view
+(``tuning_cost.csv``): the evaluated median of the protocol's pick from random subsets of the
+grid, against the tuning runs spent.
 
 Budget and decision interval default to those of each family's registered env (so NMF,
 MNIST-1D and the char-LM each run at their own scale); ``budget=``/``interval=`` override
@@ -59,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from metasched.distill.tuning import TuningCurve, cost_curve, log_score, tune_curve
-from metasched.errors import ConfigError
+from metasched.errors import ConfigError, did_you_mean
 from metasched.inner_tasks import make_family
 from metasched.inner_tasks.base import TaskFamily, check_split
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA
@@ -254,8 +255,9 @@ class CompareSpec:
         grid: tuning grid, as multiples of the reference LR.
         joint_grid: start-LR multiples of jointly tuned baselines (``greedy-tuned``).
         clip, kappa: stability-bound clipping, as in the env.
-        tuning_cost: also run every grid point on the evaluated split, for the tuning-cost
-            view (``tuning_cost.csv``; costs grid points × problems runs per tuned label).
+        tuning_cost: tuned labels (``"all"``: every one) whose every grid point also runs on
+            the evaluated split, for the tuning-cost view (``tuning_cost.csv``; costs grid
+            points × problems runs per label). Empty: no tuning-cost view.
     """
 
     families: tuple[str, ...] = ("nmf",)
@@ -270,7 +272,7 @@ class CompareSpec:
     joint_grid: tuple[float, ...] = DEFAULT_JOINT_GRID
     clip: str = DEFAULT_CLIP
     kappa: float = DEFAULT_KAPPA
-    tuning_cost: bool = False
+    tuning_cost: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -278,6 +280,11 @@ class CompareSpec:
         for fam in self.families:
             make_family(fam, self.family_seed)
         check_split(self.split)
+        for label in self.tuning_cost:
+            if label != "all" and label not in TUNED:
+                raise ConfigError(
+                    did_you_mean(label, [*TUNED, "all"], "tuned label for the tuning-cost view")
+                )
         for name in ("n_instances", "seeds", "budget", "interval", "tune_instances"):
             value = getattr(self, name)
             if value is None and name in ("budget", "interval"):
@@ -312,6 +319,7 @@ class CompareSpec:
         d["families"] = list(self.families)
         d["grid"] = list(self.grid)
         d["joint_grid"] = list(self.joint_grid)
+        d["tuning_cost"] = list(self.tuning_cost)
         return d
 
 
@@ -776,9 +784,15 @@ def compare(
     )
     results = run_cells(cells, root, jobs=jobs, progress=bar("compare"))
     cost_path = root / "tuning_cost.csv"
-    if spec.tuning_cost and tuning:
-        log(f"tuning-cost view: every grid point on {spec.split} ...")
-        rows = tuning_cost(spec, tuning, root, jobs=jobs, progress=bar("tuning cost"))
+    wanted = {
+        k: t
+        for k, t in tuning.items()
+        if "all" in spec.tuning_cost or t["label"] in spec.tuning_cost
+    }
+    if wanted:
+        names = ", ".join(sorted({t["label"] for t in wanted.values()}))
+        log(f"tuning-cost view: every grid point of {names} on {spec.split} ...")
+        rows = tuning_cost(spec, wanted, root, jobs=jobs, progress=bar("tuning cost"))
         _write_csv(cost_path, COST_COLUMNS, rows)
     else:
         cost_path.unlink(missing_ok=True)

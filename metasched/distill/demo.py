@@ -41,6 +41,13 @@ OPTIONAL_SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
 #: left out to keep the demo within its time budget. Tuned values at an edge are flagged).
 DEMO_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in [x / 2 for x in range(-2, 11)])
 
+#: Start multiples of the joint GreedyLR search (× 4 factors × 4 patiences = 32 points).
+DEMO_JOINT_GRID: tuple[float, ...] = (2.0, 8.0)
+
+#: Tuned labels with the tuning-cost view in the demo (each costs every grid point on every
+#: test instance: 13 × 50 runs for cosine; the 32-point GreedyLR grid is left out for time).
+DEMO_TUNING_COST: tuple[str, ...] = ("cosine", "constant")
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -133,7 +140,8 @@ def run_demo(
         n_instances=s.n_instances,
         tune_instances=s.tune_instances,
         grid=DEMO_GRID,
-        tuning_cost=True,
+        joint_grid=DEMO_JOINT_GRID,
+        tuning_cost=DEMO_TUNING_COST,
     )
     log(f"[4/4] comparing {len(scheds)} schedulers on {s.n_instances} held-out NMF instances")
     cmp_dir = compare(spec, scheds, root / "compare", jobs=jobs, log=lambda m: log("  " + m),

@@ -18,7 +18,7 @@ from metasched.distill.compare import (
 from metasched.errors import ConfigError, UnknownNameError
 
 SPEC = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0, 2.0), joint_grid=(1.0, 2.0),
-                   budget=200, interval=50, tuning_cost=True)  # fmt: skip
+                   budget=200, interval=50, tuning_cost=("all",))  # fmt: skip
 NAMES = ["constant", "cosine", "cosine@ref", "greedy", "greedy-tuned", "probe:every=2"]
 
 
