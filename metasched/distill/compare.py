@@ -128,6 +128,13 @@ for _label, _name in (("wsd", "wsd"), ("schedulefree-tuned", "schedulefree")):
     if _name in SCHEDULERS:
         TUNED[_label] = TunedBaseline(_name)
 
+#: ``train`` instances per tuning grid point when ``CompareSpec.tune_instances`` is not given:
+#: 40 where a run takes about a second or less (NMF, the digits MLP, MNIST-1D, mixed), 10 on
+#: the slow evaluation families, where one run takes tens of seconds (Fashion-MNIST CNN,
+#: char-LM transformer). The count used is stated per tuned label in the report.
+DEFAULT_TUNE_INSTANCES = 40
+SLOW_TUNE_INSTANCES: dict[str, int] = {"fashion": 10, "charlm": 10}
+
 #: Suffix of an untuned row at the reference LR (``cosine@ref``).
 AT_REF = "@ref"
 
@@ -251,7 +258,9 @@ class CompareSpec:
         budget: main-line inner steps per run (default: each family's env budget).
         interval: inner steps per decision (default: each family's env interval).
         family_seed: seed of the task families.
-        tune_instances: ``train`` instances every grid point of a tuned baseline runs on.
+        tune_instances: ``train`` instances every grid point of a tuned baseline runs on
+            (default: :data:`DEFAULT_TUNE_INSTANCES`, :data:`SLOW_TUNE_INSTANCES` on the slow
+            families).
         grid: tuning grid, as multiples of the reference LR.
         joint_grid: start-LR multiples of jointly tuned baselines (``greedy-tuned``).
         clip, kappa: stability-bound clipping, as in the env.
@@ -267,7 +276,7 @@ class CompareSpec:
     budget: int | None = None
     interval: int | None = None
     family_seed: int = 0
-    tune_instances: int = 40
+    tune_instances: int | None = None
     grid: tuple[float, ...] = DEFAULT_GRID
     joint_grid: tuple[float, ...] = DEFAULT_JOINT_GRID
     clip: str = DEFAULT_CLIP
@@ -287,7 +296,7 @@ class CompareSpec:
                 )
         for name in ("n_instances", "seeds", "budget", "interval", "tune_instances"):
             value = getattr(self, name)
-            if value is None and name in ("budget", "interval"):
+            if value is None and name in ("budget", "interval", "tune_instances"):
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -312,6 +321,12 @@ class CompareSpec:
         if self.interval is not None:
             interval = self.interval
         return budget, interval, lr_range
+
+    def n_tune(self, family: str) -> int:
+        """Return the number of ``train`` instances each grid point runs on for ``family``."""
+        if self.tune_instances is not None:
+            return self.tune_instances
+        return SLOW_TUNE_INSTANCES.get(family, DEFAULT_TUNE_INSTANCES)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -537,19 +552,18 @@ def tune(
     """Tune each tuned label on ``train`` by the protocol; per ``family/label`` entry.
 
     Every grid point of :data:`TUNED` ``[label]`` runs on ``train`` instances
-    ``0 .. tune_instances - 1`` (seed 0); :func:`~metasched.distill.tuning.tune_curve` picks
+    ``0 .. spec.n_tune(family) - 1`` (seed 0); :func:`~metasched.distill.tuning.tune_curve` picks
     the point with the lowest mean log final loss. Each entry holds the choice
     (``multiple``, ``kwargs``), its score and CI, the flags ``in_flat_region`` and
     ``at_grid_edge``, and the whole curve (``points``, ``mean``, ``lo``, ``hi``,
     ``diverged``, ``ranking``).
     """
     labels = [lb for lb in labels if lb in TUNED]
-    idx = range(spec.tune_instances)
     cells = [
         c
         for fam in spec.families
         for lb in labels
-        for c in _grid_cells(spec, fam, lb, "train", idx, 1)
+        for c in _grid_cells(spec, fam, lb, "train", range(spec.n_tune(fam)), 1)
     ]
     results = run_cells(cells, root, jobs=jobs, progress=progress)
     by_point: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
@@ -559,6 +573,7 @@ def tune(
         by_point.setdefault(key, {})[c["index"]] = r
     out: dict[str, dict[str, Any]] = {}
     for fam in spec.families:
+        idx = range(spec.n_tune(fam))
         for lb in labels:
             pts = TUNED[lb].points(spec)
             runs = [by_point[(fam, lb, _point_key(m, kw))] for m, kw, _ in pts]

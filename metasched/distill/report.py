@@ -267,15 +267,15 @@ def write_report(
         "Tuned baselines: every grid point (an LR multiple of the instance's reference LR; "
         f"{len(spec['grid'])} half-octave multiples, or for jointly tuned baselines "
         f"{len(spec.get('joint_grid', []))} start multiples × their other settings) runs on "
-        f"the same {spec['tune_instances']} `train` instances; the lowest **mean log final "
+        "the same `train` instances (count per row); the lowest **mean log final "
         "loss** wins (a diverged run scores log(10 × its initial loss)). CI: bootstrap 95% "
         "over instances. *Flat*: a grid neighbour of the pick has a CI overlapping the pick's, "
         "so the data cannot tell them apart. Nothing is tuned on the evaluated split. "
         "`NAME@ref` rows run at the reference LR, untuned.",
         "",
-        "| family | scheduler | tuned setting | mean log train final loss (95% CI) | "
-        "median train final loss | flat | grid edge |",
-        "|---|---|---|---|---|---|---|",
+        "| family | scheduler | tuned setting | train instances | "
+        "mean log train final loss (95% CI) | median train final loss | flat | grid edge |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in tuning.values():
         setting = ", ".join(
@@ -287,7 +287,8 @@ def write_report(
             else "no"
         )
         lines.append(
-            f"| {t['family']} | {t['label']} | {setting} | {_fmt(t.get('mean_log', math.nan))} "
+            f"| {t['family']} | {t['label']} | {setting} | {t.get('n_instances', '–')} | "
+            f"{_fmt(t.get('mean_log', math.nan))} "
             f"({_fmt(t.get('mean_log_lo', math.nan))}–{_fmt(t.get('mean_log_hi', math.nan))}) | "
             f"{_fmt(t['median_final'])} | {flat} | {'yes' if t.get('at_grid_edge') else 'no'} |"
         )

@@ -131,7 +131,7 @@ class LRControlEnv(gym.Env):
     (e.g. a ``TimeLimit`` wrapper) truncate.
 
     ## Arguments
-    ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``test``/
+    ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``val``/``test``/
     ``shift``), ``action``, ``budget`` (2000), ``steps_per_action`` (50), ``clip``
     (``"deterministic"``, ``"noise_aware"``, ``"none"``), ``kappa`` (2.0), ``lr_range``
     ((1e-3, 64.0)), ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),

@@ -188,3 +188,16 @@ def test_runs_to_match_column():
     assert got["cosine@ref"] == math.inf and got["constant@ref"] == 0.0
     assert math.isnan(got["probe"]) and math.isnan(got["learned"])
     add_runs_to_match(summary, cost, {})  # no learned policy: nothing changes
+
+
+def test_tuning_counts_and_cost_labels_are_validated():
+    from metasched.errors import ConfigError
+
+    spec = CompareSpec()
+    assert spec.n_tune("nmf") == spec.n_tune("mlp") == spec.n_tune("mnist1d") == 40
+    assert spec.n_tune("fashion") == spec.n_tune("charlm") == 10
+    assert CompareSpec(tune_instances=7).n_tune("fashion") == 7
+    with pytest.raises(ConfigError, match="did you mean 'cosine'"):
+        CompareSpec(tuning_cost=("cosin",))
+    with pytest.raises(ConfigError, match="tune_instances"):
+        CompareSpec(tune_instances=0)
