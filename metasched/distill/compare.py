@@ -670,15 +670,21 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
     os.replace(tmp, path)
 
 
+def tuning_cost_cells(spec: CompareSpec, tuning: dict[str, dict[str, Any]]) -> list[Cell]:
+    """Return the runs of every grid point of the ``tuning`` entries on the evaluated split."""
+    return [
+        c
+        for t in tuning.values()
+        for c in _grid_cells(
+            spec, t["family"], t["label"], spec.split, range(spec.n_instances), spec.seeds
+        )
+    ]
+
+
 def tuning_cost(
-    spec: CompareSpec,
-    tuning: dict[str, dict[str, Any]],
-    root: Path,
-    *,
-    jobs: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    tuning: dict[str, dict[str, Any]], results: Iterable[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Run every grid point on the evaluated split; return the tuning-cost curves' rows.
+    """Return the tuning-cost curves' rows from the runs of :func:`tuning_cost_cells`.
 
     Each row (``COST_COLUMNS``): with ``grid_points`` random grid points tuned on all
     ``tune_instances`` ``train`` instances (``tuning_runs`` = their product), the median
@@ -686,17 +692,11 @@ def tuning_cost(
     grid (``expected_median``), its 10th/90th percentiles over the subsets and the probability
     of picking the full grid's winner (:func:`~metasched.distill.tuning.cost_curve`).
     """
-    cells = [
-        c
-        for t in tuning.values()
-        for c in _grid_cells(
-            spec, t["family"], t["label"], spec.split, range(spec.n_instances), spec.seeds
-        )
-    ]
-    results = run_cells(cells, root, jobs=jobs, progress=progress)
     finals: dict[tuple[str, str, str], list[float]] = {}
     for r in results:
         c = r["cell"]
+        if c.get("role") != "grid":
+            continue
         key = (c["family"], c["label"], _point_key(c["multiple"], c["kwargs"]))
         finals.setdefault(key, []).append(_final(r))
     rows = []
@@ -797,18 +797,20 @@ def compare(
         f"running {len(cells)} runs: {len(spec.families)} famil(ies) x {spec.n_instances} "
         f"{spec.split} instances x {spec.seeds} seed(s) x {len(schedulers)} schedulers ..."
     )
-    results = run_cells(cells, root, jobs=jobs, progress=bar("compare"))
-    cost_path = root / "tuning_cost.csv"
     wanted = {
         k: t
         for k, t in tuning.items()
         if "all" in spec.tuning_cost or t["label"] in spec.tuning_cost
     }
-    if wanted:
+    grid = tuning_cost_cells(spec, wanted)
+    if grid:  # in the same pool as the evaluated runs
         names = ", ".join(sorted({t["label"] for t in wanted.values()}))
-        log(f"tuning-cost view: every grid point of {names} on {spec.split} ...")
-        rows = tuning_cost(spec, wanted, root, jobs=jobs, progress=bar("tuning cost"))
-        _write_csv(cost_path, COST_COLUMNS, rows)
+        log(f"  and the tuning-cost view: {len(grid)} runs, every grid point of {names}")
+    everything = run_cells(cells + grid, root, jobs=jobs, progress=bar("compare"))
+    results = [r for r in everything if r["cell"].get("role") != "grid"]
+    cost_path = root / "tuning_cost.csv"
+    if grid:
+        _write_csv(cost_path, COST_COLUMNS, tuning_cost(wanted, everything))
     else:
         cost_path.unlink(missing_ok=True)
     write_tables(results, root, spec)

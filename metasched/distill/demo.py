@@ -42,7 +42,7 @@ OPTIONAL_SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
 DEMO_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in [x / 2 for x in range(-2, 11)])
 
 #: Start multiples of the joint GreedyLR search (× 4 factors × 4 patiences = 32 points).
-DEMO_JOINT_GRID: tuple[float, ...] = (2.0, 8.0)
+DEMO_JOINT_GRID: tuple[float, ...] = (1.0, 4.0)
 
 #: Tuned labels with the tuning-cost view in the demo (each costs every grid point on every
 #: test instance: 13 × 50 runs for cosine; the 32-point GreedyLR grid is left out for time).
