@@ -179,7 +179,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     keep = result.baselines["keep"]["mean_return"]
     rnd = result.baselines["random"]["mean_return"]
     print(
-        f"done: {result.timesteps:,} timesteps in {result.wall_time:.0f} s; test mean return "
+        f"done: {result.timesteps:,} timesteps in {result.wall_time:.0f} s; val mean return "
         f"{last['mean_return']:+.3f} (keep-the-LR {keep:+.3f}, random {rnd:+.3f}); "
         f"run directory {result.run_dir}"
     )
