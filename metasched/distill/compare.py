@@ -159,8 +159,8 @@ class SchedulerSpec:
 
     @property
     def at_ref(self) -> bool:
-        """Whether it runs untuned at the reference LR (``NAME@ref``)."""
-        return self.label.endswith(AT_REF)
+        """Whether it runs untuned at the reference LR (``NAME@ref``, options allowed)."""
+        return self.label.partition(":")[0].endswith(AT_REF)
 
 
 def _parse_value(text: str) -> Any:

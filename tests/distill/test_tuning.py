@@ -201,3 +201,15 @@ def test_tuning_counts_and_cost_labels_are_validated():
         CompareSpec(tuning_cost=("cosin",))
     with pytest.raises(ConfigError, match="tune_instances"):
         CompareSpec(tune_instances=0)
+
+
+def test_at_ref_rows_parse():
+    from metasched.distill.compare import parse_scheduler
+    from metasched.errors import UnknownNameError
+
+    ref = parse_scheduler("cosine@ref")
+    assert (ref.label, ref.name, ref.at_ref, ref.tuned) == ("cosine@ref", "cosine", True, False)
+    assert parse_scheduler("cosine@ref:warmup=10").at_ref
+    assert not parse_scheduler("cosine").at_ref and parse_scheduler("cosine").tuned
+    with pytest.raises(UnknownNameError, match="cosin"):
+        parse_scheduler("cosin@ref")
