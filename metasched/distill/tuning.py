@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -46,7 +45,6 @@ __all__ = [
     "CostPoint",
     "TuningCurve",
     "cost_curve",
-    "describe",
     "grid_neighbours",
     "log_score",
     "runs_to_match",
@@ -286,12 +284,3 @@ def runs_to_match(curve: Sequence[CostPoint], target: float) -> float:
         if pt.expected <= target:
             return float(pt.tuning_runs)
     return math.inf
-
-
-def describe(curve: TuningCurve, points: Sequence[dict[str, Any]]) -> str:
-    """One line naming the winner and, when flat, the range of indistinguishable points."""
-    win = points[curve.best]
-    text = ", ".join(f"{k}={v:g}" for k, v in win.items())
-    if curve.in_flat_region:
-        text += f" (flat: {len(curve.flat)} grid point(s) within the CI)"
-    return text
