@@ -773,7 +773,7 @@ def compare(
             f"  {entry['family']}: {entry['label']} tuned at {entry['multiple']:.3g} x "
             f"reference LR{extra} (mean log train final loss {entry['mean_log']:.4f}, "
             f"{entry['n_instances']} instances)"
-            + ("  [flat: neighbours within the CI]" if entry["in_flat_region"] else "")
+            + ("  [flat: a neighbour is within noise]" if entry["in_flat_region"] else "")
             + ("  [at the edge of the grid: widen it]" if entry["at_grid_edge"] else "")
         )
     cells = []

@@ -269,8 +269,9 @@ def write_report(
         f"{len(spec.get('joint_grid', []))} start multiples × their other settings) runs on "
         "the same `train` instances (count per row); the lowest **mean log final "
         "loss** wins (a diverged run scores log(10 × its initial loss)). CI: bootstrap 95% "
-        "over instances. *Flat*: a grid neighbour of the pick has a CI overlapping the pick's, "
-        "so the data cannot tell them apart. Nothing is tuned on the evaluated split. "
+        "over instances. *Flat*: a grid neighbour of the pick is within noise of it (the "
+        "paired bootstrap 95% CI of its mean log loss minus the pick's reaches 0), so the "
+        "data cannot tell them apart. Nothing is tuned on the evaluated split. "
         "`NAME@ref` rows run at the reference LR, untuned.",
         "",
         "| family | scheduler | tuned setting | train instances | "
@@ -282,7 +283,7 @@ def write_report(
             f"{k}={v:g}" for k, v in {"multiple": t["multiple"], **t.get("kwargs", {})}.items()
         )
         flat = (
-            f"yes ({len(t.get('flat', []))} points within the CI)"
+            f"yes ({len(t.get('flat', []))} points within noise)"
             if t.get("in_flat_region")
             else "no"
         )

@@ -16,12 +16,16 @@ wins among any subset of the grid never depends on the points left out (the tuni
 relies on this).
 
 **Uncertainty and flat optima.** Every grid point's mean score gets a percentile-bootstrap
-95% CI (instances resampled with replacement, the same resample for every point, so the
-curves stay paired). A grid point is *indistinguishable* from the winner when its CI
-overlaps the winner's CI. The tuned value *sits in a flat region* when at least one of its
-grid neighbours (the points one step away along one axis of the grid) is indistinguishable
-from it: the data cannot tell the winner from its neighbour, so the choice among them is
-noise and the reported value should be read as a range (``flat`` lists that range).
+95% CI (instances resampled with replacement, the same resample for every point). Since all
+points run on the same instances, a comparison with the winner is *paired*: a grid point is
+*indistinguishable* from the winner when the bootstrap 95% CI of its mean score minus the
+winner's (per resample, over the same instances) reaches down to 0 or below. (Overlapping
+marginal CIs would be far too lenient: instances differ much more from each other than
+neighbouring LRs do on one instance.) The tuned value *sits in a flat region* when at least
+one of its grid neighbours (the points one step away along one axis of the grid) is
+indistinguishable from it: the data cannot tell the winner from that neighbour, so the
+choice between them is noise and the tuned value should be read as a range (``flat`` lists
+every indistinguishable point).
 
 **Tuning-cost view.** *One tuning run* is one grid point trained on one ``train`` instance
 (one full main-line budget). Tuning with a random subset of ``k`` grid points on all ``n``
@@ -109,7 +113,8 @@ class TuningCurve:
         n_instances: tuning instances per grid point.
         n_diverged: diverged runs per grid point.
         best: index of the winning grid point (lowest ``mean``).
-        flat: indices of the points indistinguishable from the winner (the winner included).
+        flat: indices of the points indistinguishable from the winner (the winner included):
+            the paired bootstrap 95% CI of their mean score minus the winner's reaches 0.
         in_flat_region: a grid neighbour of the winner is indistinguishable from it.
         at_grid_edge: the winner is at an end of the LR-multiple axis (axis 0).
     """
@@ -156,9 +161,9 @@ def tune_curve(
 
     Example:
         >>> s = np.array([[0.0, 0.2], [-1.0, -0.8], [-0.9, -0.7]])
-        >>> c = tune_curve(s)
-        >>> c.best, c.in_flat_region, c.at_grid_edge
-        (1, True, False)
+        >>> c = tune_curve(s)  # point 2 is 0.1 worse on both instances: clearly worse
+        >>> c.best, c.flat, c.in_flat_region, c.at_grid_edge
+        (1, (1,), False, False)
     """
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2 or scores.size == 0:
@@ -176,7 +181,8 @@ def tune_curve(
     idx = rng.integers(0, n, size=(n_boot, n))
     boot = scores[:, idx].mean(axis=2)  # (points, n_boot), the same resamples for every point
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=1)
-    flat = [i for i in range(n_points) if lo[i] <= hi[best] and lo[best] <= hi[i]]
+    diff_lo = np.percentile(boot - boot[best], 2.5, axis=1)  # paired: same resamples
+    flat = [i for i in range(n_points) if diff_lo[i] <= 0.0]
     nb = grid_neighbours(coords)[best]
     axis0 = [c[0] for c in coords]
     at_edge = len(set(axis0)) > 1 and coords[best][0] in (min(axis0), max(axis0))

@@ -99,6 +99,14 @@ def test_flat_region_flag():
     # neighbours 0.01 apart under noise 0.5: indistinguishable
     flat = tune_curve(_scores([-1.99, -2.0, -1.98], 0.5))
     assert flat.in_flat_region and set(flat.flat) == {0, 1, 2}
+    # instances differ far more than LRs do (overlapping marginal CIs), but every instance
+    # ranks the LRs the same way: the paired comparison is not fooled
+    rng = np.random.default_rng(2)
+    shared = rng.normal(0.0, 1.0, 40)
+    paired = np.array([shared + m + 0.01 * rng.standard_normal(40) for m in (-1.0, -1.1, -1.0)])
+    c = tune_curve(paired)
+    assert c.lo[0] < c.hi[1]  # the marginal CIs overlap ...
+    assert c.best == 1 and c.flat == (1,) and not c.in_flat_region  # ... the paired ones do not
     # an equally good point that is *not* a neighbour does not make the region flat
     far = tune_curve(_scores([-2.0, -1.0, -2.0005, -1.0], 0.01, seed=1))
     assert far.best in (0, 2) and len(far.flat) == 2 and not far.in_flat_region
