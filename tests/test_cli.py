@@ -37,7 +37,7 @@ def test_bad_number_exits_2():
 
 def test_check_runs_on_a_tiny_budget(capsys):
     assert (
-        main(["check", "--n-train", "2", "--n-test", "2", "--budget", "100", "--interval", "25"])
+        main(["check", "--n-train", "2", "--n-val", "2", "--budget", "100", "--interval", "25"])
         == 0
     )
-    assert "median final test loss" in capsys.readouterr().out
+    assert "median final val loss" in capsys.readouterr().out
