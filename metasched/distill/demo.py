@@ -64,7 +64,7 @@ class DemoSettings:
 
     @classmethod
     def make(cls, quick: bool) -> DemoSettings:
-        """Return the full (under 10 minutes on 2 idle cores) or quick (about 2) settings."""
+        """Return the full settings (sized for under 10 min on 2 idle cores) or quick ones."""
         if quick:
             return cls(12_288, 6_144, 8, 4, 5, 5)
         return cls(200_000, 20_000, 50, 40, 20, 20)
