@@ -43,10 +43,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     family = make_family(args.family, args.family_seed)
     print(
         f"tuning constant and cosine LRs on {args.n_train} train instances of {args.family!r}, "
-        f"then running {args.n_test} test instances (budget {args.budget} inner steps) ..."
+        f"then running {args.n_val} val instances (budget {args.budget} inner steps) ..."
     )
     result = constant_vs_cosine(
-        family, n_train=args.n_train, n_test=args.n_test, budget=args.budget, interval=args.interval
+        family, n_train=args.n_train, n_val=args.n_val, budget=args.budget, interval=args.interval
     )
     print(result.table())
     return 0
@@ -62,6 +62,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from metasched.distill.compare import (
         DEFAULT_GRID,
+        DEFAULT_JOINT_GRID,
         CompareSpec,
         compare,
         parse_scheduler,
@@ -78,19 +79,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         family_seed=args.family_seed,
         tune_instances=args.tune_instances,
         grid=DEFAULT_GRID if args.grid is None else _grid(args.grid),
+        joint_grid=(
+            DEFAULT_JOINT_GRID
+            if args.joint_grid is None
+            else _grid(args.joint_grid, "--joint-grid")
+        ),
+        tuning_cost=tuple(x for x in (args.tuning_cost or "").split(",") if x),
     )
     scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
     compare(spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress)
     return 0
 
 
-def _grid(text: str) -> tuple[float, ...]:
+def _grid(text: str, option: str = "--grid") -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ConfigError(f"--grid must be comma-separated numbers, got {text!r}") from None
+        raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
     if not values:
-        raise ConfigError(f"--grid must hold at least one number, got {text!r}")
+        raise ConfigError(f"{option} must hold at least one number, got {text!r}")
     return values
 
 
@@ -110,7 +117,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         out,
         family=args.task,
         n_train=args.train_instances,
-        n_test=args.test_instances,
+        n_val=args.val_instances,
         budget=args.budget,
         max_depth=args.max_depth,
     )
@@ -181,7 +188,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     keep = result.baselines["keep"]["mean_return"]
     rnd = result.baselines["random"]["mean_return"]
     print(
-        f"done: {result.timesteps:,} timesteps in {result.wall_time:.0f} s; test mean return "
+        f"done: {result.timesteps:,} timesteps in {result.wall_time:.0f} s; val mean return "
         f"{last['mean_return']:+.3f} (keep-the-LR {keep:+.3f}, random {rnd:+.3f}); "
         f"run directory {result.run_dir}"
     )
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="nmf", help="task family (default: nmf)")
     p.add_argument("--family-seed", type=int, default=0)
     p.add_argument("--n-train", type=_positive_int, default=10)
-    p.add_argument("--n-test", type=_positive_int, default=20)
+    p.add_argument("--n-val", type=_positive_int, default=20, help="val instances compared")
     p.add_argument("--budget", type=_positive_int, default=2000, help="inner steps per run")
     p.add_argument("--interval", type=_positive_int, default=50, help="inner steps per decision")
     p.set_defaults(func=_cmd_check)
@@ -251,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="env keyword argument, e.g. --env-kwarg action=discrete5 (repeatable)",
     )
     p.add_argument("--eval-freq", type=int, help="timesteps between evaluations (0: off)")
-    p.add_argument("--eval-episodes", type=_positive_int, help="test episodes per evaluation")
+    p.add_argument("--eval-episodes", type=_positive_int, help="val episodes per evaluation")
     p.add_argument("--checkpoint-freq", type=int, help="timesteps between checkpoints (0: off)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -287,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per instance")
     p.add_argument(
         "--schedulers",
-        default="constant,cosine,greedy,greedy-tuned,probe",
+        default="constant,cosine,cosine@ref,constant@ref,greedy,greedy-tuned,probe",
         help="comma-separated: NAME, NAME:key=value,key=value, learned:FILE, rules:FILE",
     )
     p.add_argument(
@@ -297,11 +304,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_positive_int, help="inner steps per decision (default: the env's)"
     )
     p.add_argument("--family-seed", type=int, default=0)
-    p.add_argument("--tune-instances", type=_positive_int, default=10)
+    p.add_argument(
+        "--tune-instances",
+        type=_positive_int,
+        help="train instances per tuning grid point (default: 40; 10 on fashion and charlm)",
+    )
     p.add_argument(
         "--grid",
         help="tuning grid: comma-separated multiples of the reference LR "
         "(default: 21 half-octaves from 1/32 to 32)",
+    )
+    p.add_argument(
+        "--joint-grid",
+        help="start-LR multiples of jointly tuned baselines such as greedy-tuned "
+        "(default: 0.5,2,8,32)",
+    )
+    p.add_argument(
+        "--tuning-cost",
+        nargs="?",
+        const="all",
+        metavar="LABELS",
+        help="the tuning-cost view: also run every grid point of these tuned labels "
+        "(comma-separated; no value: all) on the evaluated split",
     )
     p.add_argument("--jobs", type=_positive_int, default=2, help="processes (default: 2)")
     p.add_argument("--out", required=True, help="output directory (resumable)")
@@ -320,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="rules file to write (default: POLICY.rules.json)")
     p.add_argument("--task", default="nmf", help="task family to roll the policy out on")
     p.add_argument("--train-instances", type=_positive_int, default=20)
-    p.add_argument("--test-instances", type=_positive_int, default=20)
+    p.add_argument(
+        "--val-instances", type=_positive_int, default=20, help="val rollouts for the agreement"
+    )
     p.add_argument(
         "--budget", type=_positive_int, help="inner steps per run (default: the task's env)"
     )

@@ -37,10 +37,10 @@ def test_bad_number_exits_2():
 
 def test_check_runs_on_a_tiny_budget(capsys):
     assert (
-        main(["check", "--n-train", "2", "--n-test", "2", "--budget", "100", "--interval", "25"])
+        main(["check", "--n-train", "2", "--n-val", "2", "--budget", "100", "--interval", "25"])
         == 0
     )
-    assert "median final test loss" in capsys.readouterr().out
+    assert "median final val loss" in capsys.readouterr().out
 
 
 # -- issue 12, item 8: user errors are one line (exit 2); bugs keep their traceback ----------
@@ -51,7 +51,7 @@ def test_a_bug_shows_its_traceback_and_exits_1(capsys, monkeypatch):
         raise ValueError("an internal invariant broke")
 
     monkeypatch.setattr(sanity, "constant_vs_cosine", buggy)
-    assert main(["check", "--n-train", "2", "--n-test", "2", "--budget", "100"]) == 1
+    assert main(["check", "--n-train", "2", "--n-val", "2", "--budget", "100"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "buggy" in err
     assert "ValueError: an internal invariant broke" in err and "bug in metasched" in err
@@ -63,7 +63,7 @@ def test_a_bug_shows_its_traceback_and_exits_1(capsys, monkeypatch):
         (["compare", "--out", "{tmp}/c", "--grid", "1,x"], "--grid must be comma-separated"),
         (["compare", "--out", "{tmp}/c", "--schedulers", "greedy:min_lr=abc"],
          "min_lr must be a non-negative finite number, got 'abc'"),
-        (["compare", "--out", "{tmp}/c", "--split", "val"], "unknown split 'val'"),
+        (["compare", "--out", "{tmp}/c", "--split", "bogus"], "unknown split 'bogus'"),
         (["train", "--out", "{tmp}/r", "--env-kwarg", "budget=-5", "--vec-env", "dummy"],
          "budget must be a positive integer, got -5"),
         (["train", "--out", "{tmp}/r", "--env-kwarg", "kappa=big"],

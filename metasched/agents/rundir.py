@@ -6,8 +6,8 @@
       config.yaml          resolved TrainConfig
       command.txt          command lines that ran in this directory (one per start/resume)
       version.json         package versions
-      eval.csv             evaluation history on the held-out test split
-      baselines.json       keep-the-LR and random policies on the same test instances
+      eval.csv             evaluation history on the val split (selects best/)
+      baselines.json       keep-the-LR and random policies on the same val instances
       checkpoints/step_000000020000/{model.zip, vecnormalize.json, state.json[, replay_buffer.pkl]}
       checkpoints/latest   name of the newest complete checkpoint
       best/{model.zip, vecnormalize.json, eval.json}

@@ -3,9 +3,11 @@
 :func:`train` runs (or resumes) a run described by a :class:`~metasched.agents.config.TrainConfig`
 in a run directory (layout in :mod:`metasched.agents.rundir`). Training uses the batched NMF
 vector env, ``SubprocVecEnv`` or ``DummyVecEnv``, optionally wrapped in ``VecNormalize``; the
-policy is evaluated deterministically on fixed instances of the held-out ``test`` split
-(the same instances and seeds every time, so the eval curve is not sampling noise), next to
-two reference policies on the same instances: keep-the-LR and uniformly random actions.
+policy is evaluated deterministically on fixed instances of the ``val`` split (the same
+instances and seeds every time, so the eval curve is not sampling noise), next to two
+reference policies on the same instances: keep-the-LR and uniformly random actions. The
+``best`` checkpoint is chosen on ``val``; ``test`` and ``shift`` are never touched here (they
+are for the reported numbers of ``metasched compare``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ EVAL_COLUMNS = (
     "diverged",
     "wall_time",
 )
-#: Seeds of the evaluation episodes: episode i runs test instance i with seed EVAL_SEED + i.
+#: Seeds of the evaluation episodes: episode i runs val instance i with seed EVAL_SEED + i.
+#: Evaluations (and so the best-checkpoint choice) use this split, never test/shift.
+EVAL_SPLIT = "val"
 EVAL_SEED = 10_000
 OFF_POLICY = ("dqn", "sac", "td3")
 
@@ -187,7 +191,7 @@ def evaluate_policy(
     env_kwargs: dict[str, Any],
     *,
     n_episodes: int,
-    split: str = "test",
+    split: str = EVAL_SPLIT,
     seed: int = EVAL_SEED,
 ) -> dict[str, Any]:
     """Run ``n_episodes`` on instances ``0..n-1`` of ``split`` with fixed seeds.
@@ -360,7 +364,11 @@ class _Trainer:
     def evaluate(self) -> dict[str, float]:
         act = _policy_actor(self.model, self.venv, self.recurrent)
         res = evaluate_policy(
-            act, self.cfg.env_id, self.cfg.env_kwargs, n_episodes=self.cfg.n_eval_episodes
+            act,
+            self.cfg.env_id,
+            self.cfg.env_kwargs,
+            n_episodes=self.cfg.n_eval_episodes,
+            split=EVAL_SPLIT,
         )
         row = {
             "timesteps": int(self.model.num_timesteps),
@@ -402,7 +410,7 @@ def _make_callback(tr: _Trainer) -> Any:
     cfg = tr.cfg
 
     class RunCallback(BaseCallback):
-        """Checkpoints and test-split evaluations at fixed timestep intervals."""
+        """Checkpoints and val-split evaluations at fixed timestep intervals."""
 
         def _on_training_start(self) -> None:
             n = self.model.num_timesteps

@@ -5,16 +5,32 @@ instance, seed) — through the shared runner (:func:`~metasched.schedulers.run_
 so each scheduler sees the same initialisation and, where it trains the same way, the same
 minibatches (common random numbers: the comparisons are paired).
 
-Fair baselines:
+Splits: tuning runs only on ``train``; the evaluated split (``test`` or ``shift``) is only
+ever run with settings already chosen. Nothing here reads ``val`` (that split is for the
+selections made before a comparison: checkpoints, distillation).
 
-* ``constant``, ``cosine`` and ``greedy-tuned`` (GreedyLR started from a tuned LR) have their
-  (initial / peak) LR tuned by grid search on the ``train`` split: each grid value is a
-  multiple of the instance's reference LR (``task.default_lr()``, the LR every other
-  scheduler, the learned one included, starts from), the multiple with the lowest median
-  final loss over the tuning instances wins (diverged runs count as ``inf``), and it is then
-  used on the evaluated split.
+Fair baselines (the table :data:`TUNED`, one entry per tuned label):
+
+* ``constant``, ``cosine`` (and ``wsd`` / ``schedulefree-tuned`` when those schedulers are
+  registered) have their (initial / peak) LR tuned by grid search on ``train``: each grid
+  value is a multiple of the instance's reference LR (``task.default_lr()``, the LR every
+  other scheduler, the learned one included, starts from);
+* ``greedy-tuned`` tunes GreedyLR's ``factor``, ``patience`` and start LR jointly, over the
+  coarser start grid ``CompareSpec.joint_grid``;
+* the protocol (:mod:`metasched.distill.tuning`): every grid point on the same
+  ``tune_instances`` ``train`` instances, the lowest mean log final loss wins (a diverged run
+  scores ten times its initial loss), with bootstrap CIs and a flat-region flag; the tuning
+  curves go to ``tuning.csv`` / ``tuning.json``, the chosen setting is used on the evaluated
+  split;
+* ``NAME@ref`` (e.g. ``cosine@ref``, ``constant@ref``) runs a scheduler at the reference LR
+  with no tuning: the row a user gets for free;
 * ``greedy`` is GreedyLR with its defaults, except that its absolute ``min_lr``/``max_lr``
   become the LR range the agent has: ``env lr_range × reference LR``.
+
+With ``tuning_cost=("all",)`` (or a tuple of tuned labels) every grid point of those tuned
+labels is also run on the evaluated split, which gives the tuning-cost view
+(``tuning_cost.csv``): the evaluated median of the protocol's pick from random subsets of the
+grid, against the tuning runs spent.
 
 Budget and decision interval default to those of each family's registered env (so NMF,
 MNIST-1D and the char-LM each run at their own scale); ``budget=``/``interval=`` override
@@ -30,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -42,19 +59,22 @@ from typing import Any
 
 import numpy as np
 
-from metasched.errors import ConfigError, MetaschedError
+from metasched.distill.tuning import TuningCurve, cost_curve, log_score, tune_curve
+from metasched.errors import ConfigError, MetaschedError, did_you_mean
 from metasched.inner_tasks import make_family
 from metasched.inner_tasks.base import TaskFamily, check_split
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA
-from metasched.schedulers import make_scheduler, run_schedule
+from metasched.schedulers import SCHEDULERS, make_scheduler, run_schedule
 from metasched.schedulers.base import Scheduler
 from metasched.schedulers.runner import TRACE_COLUMNS
 
 __all__ = [
     "DEFAULT_GRID",
+    "DEFAULT_JOINT_GRID",
     "TUNED",
     "CompareSpec",
     "SchedulerSpec",
+    "TunedBaseline",
     "compare",
     "parse_scheduler",
     "read_results",
@@ -64,8 +84,59 @@ __all__ = [
 #: Tuning grid: multiples of the instance's reference LR (half-octave steps, 1/32 .. 32).
 DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-5.0, 5.01, 0.5))
 
-#: Labels whose (initial / peak) LR is tuned on ``train``, and the scheduler each runs.
-TUNED: dict[str, str] = {"constant": "constant", "cosine": "cosine", "greedy-tuned": "greedy"}
+#: Start-LR multiples of the jointly tuned baselines (two octaves apart: a joint grid is a
+#: product, so its LR axis is coarser than :data:`DEFAULT_GRID`).
+DEFAULT_JOINT_GRID: tuple[float, ...] = (0.5, 2.0, 8.0, 32.0)
+
+
+@dataclass(frozen=True)
+class TunedBaseline:
+    """How one tuned label is tuned: its scheduler and the grid it is tuned over.
+
+    Attributes:
+        name: registry name of the scheduler it runs.
+        axes: other keyword arguments tuned jointly with the LR multiple, each with its values.
+        joint: the LR axis is ``CompareSpec.joint_grid`` (coarse) instead of ``grid``.
+    """
+
+    name: str
+    axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    joint: bool = False
+
+    def points(self, spec: CompareSpec) -> list[tuple[float, dict[str, Any], tuple[int, ...]]]:
+        """Every grid point: ``(LR multiple, tuned kwargs, index along each axis)``."""
+        mults = spec.joint_grid if self.joint else spec.grid
+        values = [v for _, v in self.axes]
+        out = []
+        for mi, m in enumerate(mults):
+            for combo in itertools.product(*(range(len(v)) for v in values)):
+                kw = {k: v[j] for (k, v), j in zip(self.axes, combo, strict=True)}
+                out.append((float(m), kw, (mi, *combo)))
+        return out
+
+
+#: Tuned labels: label -> how it is tuned. A new tuned baseline is one entry here.
+TUNED: dict[str, TunedBaseline] = {
+    "constant": TunedBaseline("constant"),
+    "cosine": TunedBaseline("cosine"),
+    "greedy-tuned": TunedBaseline(
+        "greedy", (("factor", (0.5, 0.7, 0.9, 0.95)), ("patience", (0, 1, 3, 10))), joint=True
+    ),
+}
+# Schedulers that other modules may register: tuned like cosine when present.
+for _label, _name in (("wsd", "wsd"), ("schedulefree-tuned", "schedulefree")):
+    if _name in SCHEDULERS:
+        TUNED[_label] = TunedBaseline(_name)
+
+#: ``train`` instances per tuning grid point when ``CompareSpec.tune_instances`` is not given:
+#: 40 where a run takes about a second or less (NMF, the digits MLP, MNIST-1D, mixed), 10 on
+#: the slow evaluation families, where one run takes tens of seconds (Fashion-MNIST CNN,
+#: char-LM transformer). The count used is stated per tuned label in the report.
+DEFAULT_TUNE_INSTANCES = 40
+SLOW_TUNE_INSTANCES: dict[str, int] = {"fashion": 10, "charlm": 10}
+
+#: Suffix of an untuned row at the reference LR (``cosine@ref``).
+AT_REF = "@ref"
 
 _PATH_SCHEDULERS = ("learned", "rules")
 
@@ -80,8 +151,13 @@ class SchedulerSpec:
 
     @property
     def tuned(self) -> bool:
-        """Whether its LR is tuned on the ``train`` split."""
+        """Whether its LR (and maybe more) is tuned on the ``train`` split."""
         return self.label in TUNED
+
+    @property
+    def at_ref(self) -> bool:
+        """Whether it runs untuned at the reference LR (``NAME@ref``, options allowed)."""
+        return self.label.partition(":")[0].endswith(AT_REF)
 
 
 def _parse_value(text: str) -> Any:
@@ -99,8 +175,9 @@ def _parse_value(text: str) -> Any:
 def parse_scheduler(text: str) -> SchedulerSpec:
     """Parse ``NAME``, ``NAME:key=value,key=value``, ``learned:PATH`` or ``rules:PATH``.
 
-    ``greedy-tuned`` is GreedyLR with a tuned initial LR. Unknown names and options raise
-    with the closest valid choice.
+    ``greedy-tuned`` is GreedyLR with tuned start LR, factor and patience; ``NAME@ref`` runs
+    ``NAME`` at the reference LR. Unknown names and options raise with the closest valid
+    choice.
 
     Example:
         >>> parse_scheduler("greedy:patience=3,factor=0.5")
@@ -124,7 +201,12 @@ def parse_scheduler(text: str) -> SchedulerSpec:
             if not eq or not key:
                 raise ConfigError(f"expected key=value in scheduler {text!r}, got {item!r}")
             kwargs[key.strip()] = _parse_value(value)
-    registry_name = TUNED.get(name, name)  # greedy-tuned runs greedy
+    if name in TUNED:  # greedy-tuned runs greedy
+        registry_name = TUNED[name].name
+    elif name.endswith(AT_REF) and name != AT_REF:
+        registry_name = name[: -len(AT_REF)]
+    else:
+        registry_name = name
     try:  # validates the options now, before anything runs
         make_scheduler(registry_name, **_with_bounds(registry_name, kwargs, 1.0))
     except MetaschedError:
@@ -184,9 +266,15 @@ class CompareSpec:
         budget: main-line inner steps per run (default: each family's env budget).
         interval: inner steps per decision (default: each family's env interval).
         family_seed: seed of the task families.
-        tune_instances: ``train`` instances used to tune the LR of the tuned baselines.
+        tune_instances: ``train`` instances every grid point of a tuned baseline runs on
+            (default: :data:`DEFAULT_TUNE_INSTANCES`, :data:`SLOW_TUNE_INSTANCES` on the slow
+            families).
         grid: tuning grid, as multiples of the reference LR.
+        joint_grid: start-LR multiples of jointly tuned baselines (``greedy-tuned``).
         clip, kappa: stability-bound clipping, as in the env.
+        tuning_cost: tuned labels (``"all"``: every one) whose every grid point also runs on
+            the evaluated split, for the tuning-cost view (``tuning_cost.csv``; costs grid
+            points × problems runs per label). Empty: no tuning-cost view.
     """
 
     families: tuple[str, ...] = ("nmf",)
@@ -196,10 +284,12 @@ class CompareSpec:
     budget: int | None = None
     interval: int | None = None
     family_seed: int = 0
-    tune_instances: int = 10
+    tune_instances: int | None = None
     grid: tuple[float, ...] = DEFAULT_GRID
+    joint_grid: tuple[float, ...] = DEFAULT_JOINT_GRID
     clip: str = DEFAULT_CLIP
     kappa: float = DEFAULT_KAPPA
+    tuning_cost: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -207,9 +297,14 @@ class CompareSpec:
         for fam in self.families:
             make_family(fam, self.family_seed)
         check_split(self.split)
+        for label in self.tuning_cost:
+            if label != "all" and label not in TUNED:
+                raise ConfigError(
+                    did_you_mean(label, [*TUNED, "all"], "tuned label for the tuning-cost view")
+                )
         for name in ("n_instances", "seeds", "budget", "interval", "tune_instances"):
             value = getattr(self, name)
-            if value is None and name in ("budget", "interval"):
+            if value is None and name in ("budget", "interval", "tune_instances"):
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -217,8 +312,10 @@ class CompareSpec:
             budget, interval, _ = self.scale(fam)
             if interval > budget:
                 raise ConfigError(f"interval {interval} exceeds the budget {budget} ({fam})")
-        if not self.grid or any(not (g > 0 and math.isfinite(g)) for g in self.grid):
-            raise ConfigError(f"grid must hold positive LR multiples, got {self.grid!r}")
+        for name in ("grid", "joint_grid"):
+            g = getattr(self, name)
+            if not g or any(not (x > 0 and math.isfinite(x)) for x in g):
+                raise ConfigError(f"{name} must hold positive LR multiples, got {g!r}")
         if self.clip not in CLIP_MODES:
             raise ConfigError(f"clip must be one of {CLIP_MODES}, got {self.clip!r}")
 
@@ -233,11 +330,19 @@ class CompareSpec:
             interval = self.interval
         return budget, interval, lr_range
 
+    def n_tune(self, family: str) -> int:
+        """Return the number of ``train`` instances each grid point runs on for ``family``."""
+        if self.tune_instances is not None:
+            return self.tune_instances
+        return SLOW_TUNE_INSTANCES.get(family, DEFAULT_TUNE_INSTANCES)
+
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
         d = asdict(self)
         d["families"] = list(self.families)
         d["grid"] = list(self.grid)
+        d["joint_grid"] = list(self.joint_grid)
+        d["tuning_cost"] = list(self.tuning_cost)
         return d
 
 
@@ -259,16 +364,20 @@ class Cell:
     clip: str
     kappa: float
     lr_range: tuple[float, float] = TaskFamily.lr_range
+    role: str = "run"  # "tune" (a grid point on train), "grid" (on the evaluated split), "run"
 
     def key(self) -> dict[str, Any]:
         """Return what identifies the run (stored with its result, checked on resume)."""
         return asdict(self)
 
     def path(self, root: Path) -> Path:
-        """Cache file of the run under ``root`` (tuning runs apart from evaluated ones)."""
+        """Cache file of the run under ``root`` (grid points apart from evaluated runs)."""
         name = f"{self.family}-{self.split}{self.index}-s{self.seed}.json"
-        if self.split == "train" and self.multiple is not None:
-            return root / "cells" / "tune" / _slug(self.label) / f"m{self.multiple:.6g}" / name
+        if self.role in ("tune", "grid"):
+            point = f"m{self.multiple:.6g}" + "".join(
+                f"-{k}{self.kwargs[k]}" for k in sorted(self.kwargs)
+            )
+            return root / "cells" / self.role / _slug(self.label) / _slug(point) / name
         return root / "cells" / "runs" / _slug(self.label) / name
 
 
@@ -442,6 +551,36 @@ def _run_args(spec: CompareSpec, family: str) -> tuple[Any, ...]:
     return (budget, interval, spec.clip, spec.kappa, tuple(float(x) for x in lr_range))
 
 
+def _score(res: dict[str, Any]) -> float:
+    """Return the protocol's score of a finished run (see :func:`.tuning.log_score`)."""
+    t = res["trace"]
+    cols = t["columns"]
+    first = next((x for x in cols["val_loss"] if x is not None), None)
+    if first is None:
+        first = next((x for x in cols["train_loss"] if x is not None), None)
+    return log_score(t["final_loss"], first, bool(t["diverged"]))
+
+
+def _grid_cells(
+    spec: CompareSpec, fam: str, label: str, split: str, indices: Iterable[int], seeds: int
+) -> list[Cell]:
+    tb = TUNED[label]
+    role = "tune" if split == "train" else "grid"
+    return [
+        Cell(
+            fam, spec.family_seed, split, i, seed, label, tb.name, kw, m, *_run_args(spec, fam),
+            role=role,
+        )
+        for m, kw, _ in tb.points(spec)
+        for i in indices
+        for seed in range(seeds)
+    ]
+
+
+def _point_key(multiple: float, kwargs: dict[str, Any]) -> str:
+    return json.dumps([float(multiple), kwargs], sort_keys=True)
+
+
 def tune(
     spec: CompareSpec,
     labels: Iterable[str],
@@ -450,40 +589,177 @@ def tune(
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Grid-search the LR multiple of each tuned label on ``train``; per family and label."""
+    """Tune each tuned label on ``train`` by the protocol; per ``family/label`` entry.
+
+    Every grid point of :data:`TUNED` ``[label]`` runs on ``train`` instances
+    ``0 .. spec.n_tune(family) - 1`` (seed 0); :func:`~metasched.distill.tuning.tune_curve` picks
+    the point with the lowest mean log final loss. Each entry holds the choice
+    (``multiple``, ``kwargs``), its score and CI, the flags ``in_flat_region`` and
+    ``at_grid_edge``, and the whole curve (``points``, ``mean``, ``lo``, ``hi``,
+    ``diverged``, ``ranking``).
+    """
     labels = [lb for lb in labels if lb in TUNED]
     cells = [
-        Cell(fam, spec.family_seed, "train", i, 0, lb, TUNED[lb], {}, m, *_run_args(spec, fam))
+        c
         for fam in spec.families
         for lb in labels
-        for m in spec.grid
-        for i in range(spec.tune_instances)
+        for c in _grid_cells(spec, fam, lb, "train", range(spec.n_tune(fam)), 1)
     ]
     results = run_cells(cells, root, jobs=jobs, progress=progress)
+    by_point: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+    for r in results:
+        c = r["cell"]
+        key = (c["family"], c["label"], _point_key(c["multiple"], c["kwargs"]))
+        by_point.setdefault(key, {})[c["index"]] = r
     out: dict[str, dict[str, Any]] = {}
     for fam in spec.families:
+        idx = range(spec.n_tune(fam))
         for lb in labels:
-            medians = []
-            for m in spec.grid:
-                finals = [
-                    _final(r)
-                    for r in results
-                    if r["cell"]["family"] == fam
-                    and r["cell"]["label"] == lb
-                    and r["cell"]["multiple"] == m
-                ]
-                medians.append(float(np.median(finals)))
-            best = int(np.argmin(medians))
-            out[f"{fam}/{lb}"] = {
-                "family": fam,
-                "label": lb,
-                "multiple": spec.grid[best],
-                "median_final": medians[best],
-                "at_grid_edge": best in (0, len(spec.grid) - 1) and len(spec.grid) > 1,
-                "grid": list(spec.grid),
-                "medians": [m if math.isfinite(m) else None for m in medians],
-            }
+            pts = TUNED[lb].points(spec)
+            runs = [by_point[(fam, lb, _point_key(m, kw))] for m, kw, _ in pts]
+            scores = np.array([[_score(rs[i]) for i in idx] for rs in runs])
+            div = np.array([[bool(rs[i]["trace"]["diverged"]) for i in idx] for rs in runs])
+            curve = tune_curve(scores, [c for _, _, c in pts], diverged=div, seed=spec.family_seed)
+            out[f"{fam}/{lb}"] = _tuning_entry(fam, lb, pts, runs, curve, idx)
     return out
+
+
+def _tuning_entry(
+    fam: str,
+    label: str,
+    pts: Sequence[tuple[float, dict[str, Any], tuple[int, ...]]],
+    runs: Sequence[dict[int, dict[str, Any]]],
+    curve: TuningCurve,
+    idx: Iterable[int],
+) -> dict[str, Any]:
+    b = curve.best
+    finals = [_final(runs[b][i]) for i in idx]
+
+    def point(j: int) -> dict[str, Any]:
+        return {"multiple": pts[j][0], **pts[j][1]}
+
+    return {
+        "family": fam,
+        "label": label,
+        "objective": "mean log final loss",
+        "n_instances": curve.n_instances,
+        "best": b,
+        "multiple": pts[b][0],
+        "kwargs": pts[b][1],
+        "mean_log": curve.mean[b],
+        "mean_log_lo": curve.lo[b],
+        "mean_log_hi": curve.hi[b],
+        "median_final": float(np.median(finals)),
+        "in_flat_region": curve.in_flat_region,
+        "flat": [point(j) for j in curve.flat],
+        "at_grid_edge": curve.at_grid_edge,
+        "points": [point(j) for j in range(len(pts))],
+        "coords": [list(c) for _, _, c in pts],
+        "mean": list(curve.mean),
+        "lo": list(curve.lo),
+        "hi": list(curve.hi),
+        "diverged": list(curve.n_diverged),
+        "ranking": curve.ranking,
+    }
+
+
+TUNING_COLUMNS = (
+    "family", "scheduler", "point", "multiple", "kwargs", "mean_log_final", "ci_lo", "ci_hi",
+    "n", "diverged", "chosen", "indistinguishable",
+)  # fmt: skip
+
+COST_COLUMNS = (
+    "family", "scheduler", "grid_points", "tuning_runs", "expected_median", "q10", "q90",
+    "p_best",
+)  # fmt: skip
+
+
+def write_tuning_csv(tuning: dict[str, dict[str, Any]], path: Path) -> None:
+    """Write every tuning curve as ``tuning.csv`` (one row per label and grid point)."""
+    rows = []
+    for t in tuning.values():
+        flat = [json.dumps(p, sort_keys=True) for p in t["flat"]]
+        for j, p in enumerate(t["points"]):
+            kw = {k: v for k, v in p.items() if k != "multiple"}
+            text = json.dumps(p, sort_keys=True)
+            rows.append(
+                {
+                    "family": t["family"],
+                    "scheduler": t["label"],
+                    "point": ",".join(f"{k}={v:g}" for k, v in p.items()),
+                    "multiple": p["multiple"],
+                    "kwargs": json.dumps(kw, sort_keys=True),
+                    "mean_log_final": t["mean"][j],
+                    "ci_lo": t["lo"][j],
+                    "ci_hi": t["hi"][j],
+                    "n": t["n_instances"],
+                    "diverged": t["diverged"][j],
+                    "chosen": j == t["best"],
+                    "indistinguishable": text in flat,
+                }
+            )
+    _write_csv(path, TUNING_COLUMNS, rows)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def tuning_cost_cells(spec: CompareSpec, tuning: dict[str, dict[str, Any]]) -> list[Cell]:
+    """Return the runs of every grid point of the ``tuning`` entries on the evaluated split."""
+    return [
+        c
+        for t in tuning.values()
+        for c in _grid_cells(
+            spec, t["family"], t["label"], spec.split, range(spec.n_instances), spec.seeds
+        )
+    ]
+
+
+def tuning_cost(
+    tuning: dict[str, dict[str, Any]], results: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Return the tuning-cost curves' rows from the runs of :func:`tuning_cost_cells`.
+
+    Each row (``COST_COLUMNS``): with ``grid_points`` random grid points tuned on all
+    ``tune_instances`` ``train`` instances (``tuning_runs`` = their product), the median
+    evaluated-split final loss of the protocol's pick, averaged over every such subset of the
+    grid (``expected_median``), its 10th/90th percentiles over the subsets and the probability
+    of picking the full grid's winner (:func:`~metasched.distill.tuning.cost_curve`).
+    """
+    finals: dict[tuple[str, str, str], list[float]] = {}
+    for r in results:
+        c = r["cell"]
+        if c.get("role") != "grid":
+            continue
+        key = (c["family"], c["label"], _point_key(c["multiple"], c["kwargs"]))
+        finals.setdefault(key, []).append(_final(r))
+    rows = []
+    for t in tuning.values():
+        meds = []
+        for p in t["points"]:
+            kw = {k: v for k, v in p.items() if k != "multiple"}
+            key = (t["family"], t["label"], _point_key(p["multiple"], kw))
+            meds.append(float(np.median(finals[key])))
+        for pt in cost_curve(t["ranking"], meds, t["n_instances"]):
+            rows.append(
+                {
+                    "family": t["family"],
+                    "scheduler": t["label"],
+                    "grid_points": pt.k,
+                    "tuning_runs": pt.tuning_runs,
+                    "expected_median": pt.expected,
+                    "q10": pt.q10,
+                    "q90": pt.q90,
+                    "p_best": pt.p_best,
+                }
+            )
+    return rows
 
 
 def compare(
@@ -530,10 +806,14 @@ def compare(
     log(f"tuning {', '.join(lb for lb in labels if lb in TUNED) or 'nothing'} on train ...")
     tuning = tune(spec, labels, root, jobs=jobs, progress=bar("tuning"))
     _write_atomic(root / "tuning.json", json.dumps(tuning, indent=2))
+    write_tuning_csv(tuning, root / "tuning.csv")
     for entry in tuning.values():
+        extra = "".join(f", {k}={v:g}" for k, v in entry["kwargs"].items())
         log(
             f"  {entry['family']}: {entry['label']} tuned at {entry['multiple']:.3g} x "
-            f"reference LR (median train final loss {entry['median_final']:.4g})"
+            f"reference LR{extra} (mean log train final loss {entry['mean_log']:.4f}, "
+            f"{entry['n_instances']} instances)"
+            + ("  [flat: a neighbour is within noise]" if entry["in_flat_region"] else "")
             + ("  [at the edge of the grid: widen it]" if entry["at_grid_edge"] else "")
         )
     cells = []
@@ -541,18 +821,38 @@ def compare(
         for i in range(spec.n_instances):
             for seed in range(spec.seeds):
                 for s in schedulers:
-                    mult = tuning[f"{fam}/{s.label}"]["multiple"] if s.tuned else None
+                    mult, kwargs = None, s.kwargs
+                    if s.tuned:
+                        t = tuning[f"{fam}/{s.label}"]
+                        mult, kwargs = t["multiple"], {**s.kwargs, **t["kwargs"]}
+                    elif s.at_ref:
+                        mult = 1.0
                     cells.append(
                         Cell(
                             fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
-                            s.kwargs, mult, *_run_args(spec, fam),
+                            kwargs, mult, *_run_args(spec, fam),
                         )
                     )
     log(
         f"running {len(cells)} runs: {len(spec.families)} famil(ies) x {spec.n_instances} "
         f"{spec.split} instances x {spec.seeds} seed(s) x {len(schedulers)} schedulers ..."
     )
-    results = run_cells(cells, root, jobs=jobs, progress=bar("compare"))
+    wanted = {
+        k: t
+        for k, t in tuning.items()
+        if "all" in spec.tuning_cost or t["label"] in spec.tuning_cost
+    }
+    grid = tuning_cost_cells(spec, wanted)
+    if grid:  # in the same pool as the evaluated runs
+        names = ", ".join(sorted({t["label"] for t in wanted.values()}))
+        log(f"  and the tuning-cost view: {len(grid)} runs, every grid point of {names}")
+    everything = run_cells(cells + grid, root, jobs=jobs, progress=bar("compare"))
+    results = [r for r in everything if r["cell"].get("role") != "grid"]
+    cost_path = root / "tuning_cost.csv"
+    if grid:
+        _write_csv(cost_path, COST_COLUMNS, tuning_cost(wanted, everything))
+    else:
+        cost_path.unlink(missing_ok=True)
     write_tables(results, root, spec)
     from metasched.distill.report import write_report
 

@@ -1,6 +1,7 @@
-"""Plots of a comparison (matplotlib, headless): schedules, win rates, performance profiles.
+"""Plots of a comparison (matplotlib, headless): schedules, win rates, profiles, tuning.
 
-Every figure is written as PNG and SVG. Loss and LR axes are logarithmic.
+Schedules and loss curves, win-rate heatmaps, performance profiles, tuning curves and the
+tuning-cost view. Every figure is written as PNG and SVG. Loss and LR axes are logarithmic.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ __all__ = [
     "plot_eval_curve",
     "plot_profile",
     "plot_schedules",
+    "plot_tuning_cost",
+    "plot_tuning_curves",
     "plot_win_rates",
     "read_curves",
     "save",
@@ -158,13 +161,82 @@ def plot_eval_curve(
     """Plot the agent's mean test return over training, with reference policies as lines."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(timesteps, returns, marker="o", lw=1.6, label="agent (test split)")
+    ax.plot(timesteps, returns, marker="o", lw=1.6, label="agent (val split)")
     styles = ("--", ":", "-.")
     for k, (name, value) in enumerate(references.items()):
         ax.axhline(value, ls=styles[k % 3], color="grey", lw=1.2, label=f"{name} policy")
     ax.set(xlabel="training timesteps", ylabel="mean episodic return = log(L0 / L_T)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("meta-training: evaluation on held-out instances")
+    ax.set_title("meta-training: evaluation on val instances (selects the best checkpoint)")
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
+def plot_tuning_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], title: str, path_stem: Path
+) -> list[Path]:
+    """Mean log final train loss vs the LR multiple, with 95% CIs, one line per tuned label.
+
+    ``curves[label]`` holds ``multiple``, ``mean``, ``lo``, ``hi`` (one value per LR
+    multiple; for a joint grid, the best point over the other axes at that multiple) and
+    ``chosen`` (the tuned multiple).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    styles = _styles(list(curves))
+    for name, c in curves.items():
+        x = np.asarray(c["multiple"], dtype=float)
+        ax.plot(x, c["mean"], marker="o", ms=3, lw=1.5, label=name, **styles[name])
+        ax.fill_between(x, c["lo"], c["hi"], alpha=0.18, color=styles[name]["color"])
+        k = int(np.argmin(np.abs(np.log(x) - math.log(float(c["chosen"][0])))))
+        ax.plot([x[k]], [c["mean"][k]], marker="*", ms=13, color=styles[name]["color"],
+                markeredgecolor="black", ls="none")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="LR multiple of the reference LR",
+        ylabel="mean log final loss on train (95% CI)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
+def plot_tuning_cost(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    lines: Mapping[str, float],
+    title: str,
+    path_stem: Path,
+) -> list[Path]:
+    """Median evaluated loss of the tuned pick vs tuning runs spent; untuned rows as lines.
+
+    ``curves[label]`` holds ``runs``, ``expected``, ``q10`` and ``q90``; ``lines`` maps the
+    untuned schedulers (learned policy, ``@ref`` rows) to their median, drawn as horizontal
+    lines starting at zero tuning runs.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    styles = _styles(list(curves) + list(lines))
+    for name, c in curves.items():
+        x = np.asarray(c["runs"], dtype=float)
+        ax.plot(x, c["expected"], lw=1.6, label=name, **styles[name])
+        ax.fill_between(x, c["q10"], c["q90"], alpha=0.12, color=styles[name]["color"])
+    xmax = max((float(np.max(c["runs"])) for c in curves.values()), default=1.0)
+    for name, v in lines.items():
+        if math.isfinite(v):
+            ax.hlines(v, 0.0, xmax, lw=1.4, linestyles="--", label=f"{name} (0 runs)",
+                      color=styles[name]["color"])  # fmt: skip
+            ax.plot([0.0], [v], marker="o", color=styles[name]["color"])
+    ax.set(
+        xscale="symlog",
+        yscale="log",
+        xlabel="tuning runs (grid points × train instances)",
+        ylabel="median final loss of the pick",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title)
     fig.tight_layout()
     return save(fig, path_stem)

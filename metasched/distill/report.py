@@ -24,7 +24,14 @@ import numpy as np
 from metasched.distill.compare import read_results
 from metasched.distill.stats import STRICT_MARGIN, aggregate, performance_profile, win_rates
 
-__all__ = ["BASELINES", "summarise", "write_plots", "write_report"]
+__all__ = [
+    "BASELINES",
+    "add_runs_to_match",
+    "read_tuning_cost",
+    "summarise",
+    "write_plots",
+    "write_report",
+]
 
 #: The reference schedulers a new scheduler is held against, in report order.
 BASELINES: tuple[str, ...] = ("constant", "cosine", "greedy", "greedy-tuned", "probe")
@@ -34,7 +41,7 @@ SUMMARY_COLUMNS = (
     "iqm_final", "iqm_final_lo", "iqm_final_hi", "median_best", "median_auc_log_loss",
     "median_steps_to_target", "median_ratio_to_constant", "strict_win_vs_constant",
     "median_equal_compute", "iqm_equal_compute", "median_compute_x_budget",
-    "median_wall_time", "diverged",
+    "median_wall_time", "diverged", "tuning_runs_to_match_learned",
 )  # fmt: skip
 
 TAUS: tuple[float, ...] = tuple(float(x) for x in np.geomspace(1.0, 10.0, 61))
@@ -92,9 +99,55 @@ def summarise(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any
                 "median_compute_x_budget": float(np.median(_col(g, "compute"))) / budget,
                 "median_wall_time": float(np.median(_col(g, "wall_time"))),
                 "diverged": int(sum(bool(r["diverged"]) for r in g)),
+                "tuning_runs_to_match_learned": math.nan,
             }
         )
     return out
+
+
+def read_tuning_cost(root: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """Read ``tuning_cost.csv``: the curves per ``(family, scheduler)`` (none if absent)."""
+    path = root / "tuning_cost.csv"
+    out: dict[tuple[str, str], list[dict[str, float]]] = {}
+    if not path.exists():
+        return out
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            key = (row["family"], row["scheduler"])
+            out.setdefault(key, []).append(
+                {k: float(v) for k, v in row.items() if k not in ("family", "scheduler")}
+            )
+    for curve in out.values():
+        curve.sort(key=lambda r: r["tuning_runs"])
+    return out
+
+
+def add_runs_to_match(
+    summary: Sequence[dict[str, Any]],
+    cost: dict[tuple[str, str], list[dict[str, float]]],
+    learned: dict[str, str],
+) -> None:
+    """Fill ``tuning_runs_to_match_learned`` in place.
+
+    Per family, the target is the median final loss of the learned policy (``learned[family]``
+    names its row). A tuned baseline's value is the fewest tuning runs (one grid point on one
+    ``train`` instance each) at which the expected median of its pick is at most the target
+    (``inf``: not even the full grid gets there); an untuned ``@ref`` row gets 0 when its
+    median already is at most the target, else ``inf``; every other row stays NaN (and all of
+    them do when the comparison has no learned policy or no tuning-cost view).
+    """
+    by_key = {(s["family"], s["scheduler"]): s for s in summary}
+    for s in summary:
+        ref = by_key.get((s["family"], learned.get(s["family"], "")))
+        target = math.nan if ref is None else float(ref["median_final"])
+        if not math.isfinite(target):
+            continue
+        curve = cost.get((s["family"], s["scheduler"]))
+        if curve:
+            hit = [r["tuning_runs"] for r in curve if r["expected_median"] <= target]
+            s["tuning_runs_to_match_learned"] = min(hit) if hit else math.inf
+        elif s["scheduler"].endswith("@ref"):
+            s["tuning_runs_to_match_learned"] = 0.0 if s["median_final"] <= target else math.inf
 
 
 def _nanmedian(x: np.ndarray) -> float:
@@ -184,6 +237,13 @@ def write_report(
     tuning = json.loads((root / "tuning.json").read_text(encoding="utf-8"))
     families = sorted({r["family"] for r in rows})
     summary = [s for fam in families for s in summarise(rows, fam)]
+    names = {lb: v.get("name") for lb, v in settings.get("schedulers", {}).items()}
+    learned = {}
+    for s in summary:  # the first learned policy of each family is the reference
+        if names.get(s["scheduler"]) == "learned":
+            learned.setdefault(s["family"], s["scheduler"])
+    cost = read_tuning_cost(root)
+    add_runs_to_match(summary, cost, learned)
     scale = {r["family"]: (int(r["budget"]), int(r["interval"])) for r in rows}
     with open(root / ".summary.csv.tmp", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
@@ -191,6 +251,7 @@ def write_report(
         w.writerows(summary)
     os.replace(root / ".summary.csv.tmp", root / "summary.csv")
     figures = write_plots(root, rows, instances)
+    tuning_figs = _tuning_plots(root, tuning, cost, summary, learned)
 
     lines = [
         "# metasched comparison",
@@ -203,17 +264,34 @@ def write_report(
         f"CIs are percentile-bootstrap 95%. A *strict* win is better by more than "
         f"{STRICT_MARGIN:.1%} relative.",
         "",
-        "Tuned baselines (grid search over "
-        f"{len(spec['grid'])} LR multiples of the instance's reference LR on "
-        f"{spec['tune_instances']} `train` instances):",
+        "Tuned baselines: every grid point (an LR multiple of the instance's reference LR; "
+        f"{len(spec['grid'])} half-octave multiples, or for jointly tuned baselines "
+        f"{len(spec.get('joint_grid', []))} start multiples × their other settings) runs on "
+        "the same `train` instances (count per row); the lowest **mean log final "
+        "loss** wins (a diverged run scores log(10 × its initial loss)). CI: bootstrap 95% "
+        "over instances. *Flat*: a grid neighbour of the pick is within noise of it (the "
+        "paired bootstrap 95% CI of its mean log loss minus the pick's reaches 0), so the "
+        "data cannot tell them apart. Nothing is tuned on the evaluated split. "
+        "`NAME@ref` rows run at the reference LR, untuned.",
         "",
-        "| family | scheduler | tuned multiple | median train final loss |",
-        "|---|---|---|---|",
+        "| family | scheduler | tuned setting | train instances | "
+        "mean log train final loss (95% CI) | median train final loss | flat | grid edge |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in tuning.values():
+        setting = ", ".join(
+            f"{k}={v:g}" for k, v in {"multiple": t["multiple"], **t.get("kwargs", {})}.items()
+        )
+        flat = (
+            f"yes ({len(t.get('flat', []))} points within noise)"
+            if t.get("in_flat_region")
+            else "no"
+        )
         lines.append(
-            f"| {t['family']} | {t['label']} | {t['multiple']:.3g}"
-            f"{' (grid edge!)' if t.get('at_grid_edge') else ''} | {_fmt(t['median_final'])} |"
+            f"| {t['family']} | {t['label']} | {setting} | {t.get('n_instances', '–')} | "
+            f"{_fmt(t.get('mean_log', math.nan))} "
+            f"({_fmt(t.get('mean_log_lo', math.nan))}–{_fmt(t.get('mean_log_hi', math.nan))}) | "
+            f"{_fmt(t['median_final'])} | {flat} | {'yes' if t.get('at_grid_edge') else 'no'} |"
         )
     for fam in families:
         fam_rows = [s for s in summary if s["family"] == fam]
@@ -259,6 +337,7 @@ def write_report(
                 f"{_fmt(s['iqm_equal_compute'])} | {_fmt(s['median_compute_x_budget'], '.2f')} |"
             )
         lines += _head_to_head(rows, fam)
+        lines += _tuning_section(fam, tuning_figs.get(fam, []), summary, cost, learned)
         lines += ["", "### Plots", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures.get(fam, [])]
     path = root / "report.md"
@@ -267,6 +346,107 @@ def write_report(
     os.replace(tmp, path)
     log(f"wrote {path}, summary.csv, results.csv, runs.csv and plots/")
     return path
+
+
+def _tuning_plots(
+    root: Path,
+    tuning: dict[str, dict[str, Any]],
+    cost: dict[tuple[str, str], list[dict[str, float]]],
+    summary: Sequence[dict[str, Any]],
+    learned: dict[str, str],
+) -> dict[str, list[str]]:
+    """Tuning-curve and tuning-cost figures per family; return their PNG names."""
+    from metasched.distill import plots
+
+    out: dict[str, list[str]] = {}
+    for fam in sorted({t["family"] for t in tuning.values()}):
+        curves = {}
+        for t in tuning.values():
+            if t["family"] != fam or "mean" not in t:
+                continue
+            best: dict[float, int] = {}  # per LR multiple, the best point over other axes
+            for j, pt in enumerate(t["points"]):
+                m = float(pt["multiple"])
+                if m not in best or t["mean"][j] < t["mean"][best[m]]:
+                    best[m] = j
+            ms = sorted(best)
+            curves[t["label"]] = {
+                "multiple": ms,
+                "mean": [t["mean"][best[m]] for m in ms],
+                "lo": [t["lo"][best[m]] for m in ms],
+                "hi": [t["hi"][best[m]] for m in ms],
+                "chosen": [t["multiple"]],
+            }
+        names = []
+        if curves:
+            stem = root / "plots" / f"{fam}-tuning-curves"
+            plots.plot_tuning_curves(
+                curves, f"{fam}: tuning curves on train (joint grids: best over other axes)", stem
+            )
+            names.append(f"plots/{stem.name}.png")
+        fam_cost = {lb: c for (f, lb), c in cost.items() if f == fam}
+        if fam_cost:
+            lines = {
+                s["scheduler"]: float(s["median_final"])
+                for s in summary
+                if s["family"] == fam
+                and (s["scheduler"] == learned.get(fam) or s["scheduler"].endswith("@ref"))
+            }
+            series = {
+                lb: {k: [r[src] for r in c] for k, src in (("runs", "tuning_runs"),
+                     ("expected", "expected_median"), ("q10", "q10"), ("q90", "q90"))}
+                for lb, c in fam_cost.items()
+            }  # fmt: skip
+            stem = root / "plots" / f"{fam}-tuning-cost"
+            plots.plot_tuning_cost(
+                series, lines, f"{fam}: median loss of the tuned pick vs tuning runs", stem
+            )
+            names.append(f"plots/{stem.name}.png")
+        out[fam] = names
+    return out
+
+
+def _tuning_section(
+    fam: str,
+    figures: Sequence[str],
+    summary: Sequence[dict[str, Any]],
+    cost: dict[tuple[str, str], list[dict[str, float]]],
+    learned: dict[str, str],
+) -> list[str]:
+    """Return the report's tuning section of one family: curves, the tuning-cost view."""
+    if not figures:
+        return []
+    out = ["", "### Tuning", ""]
+    out += [f"![{Path(f).stem}]({f})" for f in figures]
+    fam_cost = {lb: c for (f, lb), c in cost.items() if f == fam}
+    if not fam_cost:
+        return out
+    med = {s["scheduler"]: s for s in summary if s["family"] == fam}
+    ref = learned.get(fam)
+    lines_note = (
+        f"; the learned policy (`{ref}`) and the `@ref` rows need no tuning runs."
+        if ref
+        else "; no learned policy in this comparison."
+    )
+    out += [
+        "",
+        "Tuning-cost view: a *tuning run* is one grid point trained on one `train` instance. "
+        "With k random grid points tuned on all the tuning instances (k × instances runs), "
+        "the curve is the median evaluated-split loss of the protocol's pick, averaged exactly "
+        "over all subsets of size k (band: 10th–90th percentile over the subsets)" + lines_note,
+        "",
+        "| scheduler | median, 1 grid point | median, full grid | tuning runs (full grid) | "
+        "tuning runs to match learned |",
+        "|---|---|---|---|---|",
+    ]
+    for lb, c in fam_cost.items():
+        s = med.get(lb, {})
+        out.append(
+            f"| {lb} | {_fmt(c[0]['expected_median'])} | {_fmt(c[-1]['expected_median'])} | "
+            f"{int(c[-1]['tuning_runs'])} | "
+            f"{_fmt(s.get('tuning_runs_to_match_learned', math.nan), '.0f')} |"
+        )
+    return out
 
 
 def _head_to_head(rows: Sequence[dict[str, Any]], fam: str) -> list[str]:

@@ -12,7 +12,9 @@ Two distillations of an exported policy (``.msched``):
     fitted to the policy's actions, printed as if/then rules and saved as a rules file that
     :class:`~metasched.schedulers.rules.RulesScheduler` runs (``rules:FILE`` in compare).
 
-Agreement is reported on held-out ``test`` rollouts of the policy, for both.
+Both are fitted on ``train`` rollouts; agreement is reported on ``val`` rollouts of the
+policy (instances not fitted to). ``test`` and ``shift`` are never touched here: they are
+for the reported numbers of :func:`~metasched.distill.compare.compare`.
 """
 
 from __future__ import annotations
@@ -293,9 +295,9 @@ class Distilled:
     rules_path: str
     rules_text: str
     tree_agreement_train: float
-    tree_agreement_test: float
+    tree_agreement_val: float
     greedy: GreedyFit
-    greedy_agreement_test: float
+    greedy_agreement_val: float
     n_decisions_train: int
 
     def summary(self) -> str:
@@ -310,14 +312,14 @@ class Distilled:
                 "",
                 f"Agreement with the policy's actions: {self.tree_agreement_train:.1%} on the "
                 f"{self.n_decisions_train} train decisions it was fitted to, "
-                f"{self.tree_agreement_test:.1%} on held-out test rollouts. "
+                f"{self.tree_agreement_val:.1%} on held-out val rollouts. "
                 f"Rules file: `{os.path.basename(self.rules_path)}` (`rules:FILE` in compare).",
                 "",
                 "## Distilled GreedyLR",
                 "",
                 f"`{self.greedy.spec()}` — LR-direction agreement with the policy "
                 f"{self.greedy.agreement:.1%} on train rollouts, "
-                f"{self.greedy_agreement_test:.1%} on held-out test rollouts; median final "
+                f"{self.greedy_agreement_val:.1%} on held-out val rollouts; median final "
                 f"train loss {self.greedy.median_final:.4g}.",
             ]
         )
@@ -329,7 +331,7 @@ def distill(
     *,
     family: str = "nmf",
     n_train: int = 20,
-    n_test: int = 20,
+    n_val: int = 20,
     budget: int | None = None,
     interval: int | None = None,
     max_depth: int = 3,
@@ -349,9 +351,9 @@ def distill(
     interval = int(interval or policy.decision_interval or 50)
     mode = policy.action_mode
     kw = {"budget": budget, "interval": interval, "family_seed": family_seed}
-    log(f"rolling out the policy on {n_train} train and {n_test} test instances of {family} ...")
+    log(f"rolling out the policy on {n_train} train and {n_val} val instances of {family} ...")
     train = rollout(policy_path, family, "train", range(n_train), **kw)
-    test = rollout(policy_path, family, "test", range(n_test), **kw)
+    val = rollout(policy_path, family, "val", range(n_val), **kw)
     tree = fit_tree(train, mode, max_depth=max_depth)
     doc_header = {
         k: policy.policy.header[k]
@@ -382,8 +384,8 @@ def distill(
         rules_path=os.fspath(out_rules),
         rules_text=format_rules(tree, mode),
         tree_agreement_train=tree_agreement(train),
-        tree_agreement_test=tree_agreement(test),
+        tree_agreement_val=tree_agreement(val),
         greedy=g,
-        greedy_agreement_test=agreement_of(g.params, test, lambda r: r.base_lr),
+        greedy_agreement_val=agreement_of(g.params, val, lambda r: r.base_lr),
         n_decisions_train=int(sum(len(r.obs) for r in train)),
     )

@@ -132,7 +132,7 @@ class LRControlEnv(gym.Env):
     (e.g. a ``TimeLimit`` wrapper) truncate.
 
     ## Arguments
-    ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``test``/
+    ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``val``/``test``/
     ``shift``), ``action``, ``budget`` (2000), ``steps_per_action`` (50), ``clip``
     (``"deterministic"``, ``"noise_aware"``, ``"none"``), ``kappa`` (2.0), ``lr_range``
     (default: the family's ``lr_range``, (1e-3, 64.0) for NMF, (0.01, 20.0) for networks),

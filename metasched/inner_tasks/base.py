@@ -21,9 +21,11 @@ __all__ = [
     "check_split",
 ]
 
-Split = Literal["train", "test", "shift"]
-SPLITS: tuple[str, ...] = ("train", "test", "shift")
-_SPLIT_IDS = {"train": 0, "test": 1, "shift": 2}
+Split = Literal["train", "val", "test", "shift"]
+SPLITS: tuple[str, ...] = ("train", "val", "test", "shift")
+#: Seed-stream id of each split. ``val`` came last and got the next free id, so every
+#: ``train``/``test``/``shift`` instance is the one it always was.
+_SPLIT_IDS = {"train": 0, "test": 1, "shift": 2, "val": 3}
 #: LR range of the neural-network families, as multiples of the reference LR.
 NETWORK_LR_RANGE: tuple[float, float] = (0.01, 20.0)
 
@@ -119,16 +121,24 @@ class InnerTask(abc.ABC):
 
 
 class TaskFamily(abc.ABC):
-    """A seeded distribution over task instances with ``train``/``test``/``shift`` splits.
+    """A seeded distribution over task instances with ``train``/``val``/``test``/``shift`` splits.
 
     ``instance_config(split, index)`` is a pure function of ``(family seed, split, index)``:
     the same arguments always give the same frozen config, and different splits draw from
-    disjoint seed streams. ``shift`` draws from a deliberately different distribution.
+    disjoint seed streams. ``val`` and ``test`` draw from the distribution of ``train``;
+    ``shift`` draws from a deliberately different one. Roles: ``train`` for meta-training and
+    tuning, ``val`` for every selection (checkpoints, configs, distillation), ``test`` and
+    ``shift`` for reported numbers only.
     """
 
     name: ClassVar[str]
     #: Number of distinct instances per split that an env samples from (train: unbounded).
-    pool_sizes: ClassVar[dict[str, int]] = {"train": 2**31 - 1, "test": 100, "shift": 100}
+    pool_sizes: ClassVar[dict[str, int]] = {
+        "train": 2**31 - 1,
+        "val": 100,
+        "test": 100,
+        "shift": 100,
+    }
     #: The LR range an agent (and a bounded scheduler such as GreedyLR in comparisons) moves
     #: in, as multiples ``(low, high)`` of the instance's reference LR ``default_lr()``. The
     #: one place this range is set: the env's default ``lr_range``, the registered env specs,

@@ -284,7 +284,7 @@ class CharLMTask(TorchTask):
 class CharLMFamily(TaskFamily):
     """Character-LM instances (an evaluation family: tens of steps/s).
 
-    ``train`` and ``test`` share one distribution (disjoint seeds); ``shift`` uses the
+    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds); ``shift`` uses the
     reverse-ordered text (another held-out set of topics), longer windows and smaller
     minibatches.
 
@@ -301,7 +301,7 @@ class CharLMFamily(TaskFamily):
     lr_range = NETWORK_LR_RANGE
 
     name = "charlm"
-    pool_sizes = {"train": 2**31 - 1, "test": 50, "shift": 50}  # noqa: RUF012
+    pool_sizes = {"train": 2**31 - 1, "val": 50, "test": 50, "shift": 50}  # noqa: RUF012
 
     def __init__(
         self,
@@ -332,7 +332,7 @@ class CharLMFamily(TaskFamily):
             "momenta": tuple(momenta),
             "reverse": False,
         }
-        self.spaces = {"train": base, "test": base}
+        self.spaces = {"train": base, "val": base, "test": base}
         self.spaces["shift"] = {
             **base,
             "contexts": tuple(sorted({2 * c for c in contexts})),

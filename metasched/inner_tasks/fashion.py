@@ -263,7 +263,7 @@ class FashionTask(ArrayClassificationTask):
 class FashionFamily(TaskFamily):
     """Fashion-MNIST CNN instances (an evaluation family: ~100 steps/s).
 
-    ``train`` and ``test`` share one distribution (disjoint seeds); ``shift`` uses smaller
+    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds); ``shift`` uses smaller
     minibatches, fewer training images and more label noise.
 
     Args:
@@ -280,7 +280,7 @@ class FashionFamily(TaskFamily):
     lr_range = NETWORK_LR_RANGE
 
     name = "fashion"
-    pool_sizes = {"train": 2**31 - 1, "test": 50, "shift": 50}  # noqa: RUF012
+    pool_sizes = {"train": 2**31 - 1, "val": 50, "test": 50, "shift": 50}  # noqa: RUF012
 
     def __init__(
         self,
@@ -312,7 +312,7 @@ class FashionFamily(TaskFamily):
             "train_sizes": tuple(train_sizes),
             "momenta": tuple(momenta),
         }
-        self.spaces = {"train": base, "test": base}
+        self.spaces = {"train": base, "val": base, "test": base}
         self.spaces["shift"] = {
             **base,
             "batch_sizes": tuple(sorted({max(1, b // 2) for b in batch_sizes})),

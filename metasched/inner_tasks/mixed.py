@@ -3,7 +3,7 @@
 Agents meant to generalise across problems train on :class:`MixedFamily` (the env id
 ``metasched/Mixed-v0``): instance ``i`` of a split first picks a member family (seeded by
 ``(seed, split, i)``), then is instance ``i`` of that family's same split, so the mixed
-``test`` and ``shift`` splits inherit the members' disjoint seeds and shifted
+``val``, ``test`` and ``shift`` splits inherit the members' disjoint seeds and shifted
 distributions. The observation features are scale-free, so one policy can serve all.
 """
 
@@ -97,7 +97,7 @@ class MixedFamily(TaskFamily):
         }
         self.pool_sizes = {
             split: min(m.pool_sizes[split] for m in self.members.values())
-            for split in ("train", "test", "shift")
+            for split in ("train", "val", "test", "shift")
         }
 
     def instance_config(self, split: str, index: int) -> MixedConfig:

@@ -180,7 +180,7 @@ class MLPTask(ArrayClassificationTask):
 class MLPFamily(TaskFamily):
     """MLPs on digits with sampled width, depth, batch size, init scale and label noise.
 
-    ``train`` and ``test`` share one distribution (disjoint seeds); ``shift`` uses deeper
+    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds); ``shift`` uses deeper
     and wider nets, smaller minibatches, more label noise and noisy inputs.
 
     Args:
@@ -223,7 +223,7 @@ class MLPFamily(TaskFamily):
             "momenta": tuple(momenta),
             "input_noise": (0.0, 0.0),
         }
-        self.spaces = {"train": base, "test": base}
+        self.spaces = {"train": base, "val": base, "test": base}
         self.spaces["shift"] = {
             "widths": tuple(sorted({2 * w for w in widths})),
             "depths": tuple(sorted({d + 1 for d in depths})),

@@ -6,7 +6,7 @@ i.i.d. noise and shear; the ``mnist1d`` package's ``make_dataset`` generates it 
 ``get_dataset`` would download a pickle; metasched never calls it). Two data variants:
 
 * ``standard``: the package's default arguments (5,000 signals, seed 42: the canonical
-  4,000 / 1,000 split), used by ``train`` and ``test``;
+  4,000 / 1,000 split), used by ``train``, ``val`` and ``test``;
 * ``noisy``: stronger correlated / i.i.d. noise and shear with another seed, used by
   ``shift`` ("other data").
 
@@ -352,8 +352,8 @@ class MNIST1DTask(ArrayClassificationTask):
 class MNIST1DFamily(TaskFamily):
     """MNIST-1D instances: architecture, width, batch size, init scale, noise, data size.
 
-    ``train`` and ``test`` share one distribution (disjoint seeds) on the ``standard`` data;
-    ``shift`` trains on the ``noisy`` data variant with smaller minibatches, fewer training
+    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds) on the ``standard``
+    data; ``shift`` trains on the ``noisy`` data variant with smaller minibatches, fewer training
     signals and more label noise.
 
     Args:
@@ -410,7 +410,7 @@ class MNIST1DFamily(TaskFamily):
             "momenta": tuple(momenta),
             "variant": "standard",
         }
-        self.spaces = {"train": base, "test": base}
+        self.spaces = {"train": base, "val": base, "test": base}
         self.spaces["shift"] = {
             **base,
             "batch_sizes": tuple(sorted({max(1, b // 2) for b in batch_sizes})),

@@ -533,7 +533,7 @@ class _Range:
 class NMFFamily(TaskFamily):
     """Planted stochastic-NMF instances.
 
-    ``train`` and ``test`` share one distribution (disjoint seeds); ``shift`` draws larger,
+    ``train``, ``val`` and ``test`` share one distribution (disjoint seeds); ``shift`` draws larger,
     noisier, higher-rank matrices with more gradient noise and smaller minibatches.
 
     Args:
@@ -562,7 +562,7 @@ class NMFFamily(TaskFamily):
         self.ranges = {
             "train": {"m": m, "n": n, "rank": rank, "noise": noise, "grad_noise": grad_noise},
         }
-        self.ranges["test"] = self.ranges["train"]
+        self.ranges["val"] = self.ranges["test"] = self.ranges["train"]
         self.ranges["shift"] = {
             "m": (2 * m[1], 3 * m[1]),
             "n": (2 * n[1], 3 * n[1]),
@@ -576,7 +576,7 @@ class NMFFamily(TaskFamily):
                     raise ValueError(
                         f"{key} range for {split} must have low <= high, got {(lo, hi)}"
                     )
-        self.batch_sizes = {"train": batch_sizes, "test": batch_sizes}
+        self.batch_sizes = {"train": batch_sizes, "val": batch_sizes, "test": batch_sizes}
         self.batch_sizes["shift"] = tuple(sorted({max(1, b // 2) for b in batch_sizes}))
 
     def max_shape(self, split: str) -> tuple[int, int, int, int]:

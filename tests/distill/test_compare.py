@@ -17,8 +17,9 @@ from metasched.distill.compare import (
 )
 from metasched.errors import ConfigError, UnknownNameError
 
-SPEC = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0, 2.0), budget=200, interval=50)
-NAMES = ["constant", "cosine", "greedy", "greedy-tuned", "probe:every=2"]
+SPEC = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0, 2.0), joint_grid=(1.0, 2.0),
+                   budget=200, interval=50, tuning_cost=("all",))  # fmt: skip
+NAMES = ["constant", "cosine", "cosine@ref", "greedy", "greedy-tuned", "probe:every=2"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,10 @@ def _csv(path):
 
 
 def test_files_and_tidy_table(done):
-    for name in ("compare.json", "tuning.json", "runs.csv", "results.csv", "summary.csv",
-                 "report.md", "plots/nmf-win-rates.png", "plots/nmf-win-rates.svg",
-                 "plots/nmf-profile.png", "plots/nmf-schedules-0.png"):  # fmt: skip
+    for name in ("compare.json", "tuning.json", "tuning.csv", "tuning_cost.csv", "runs.csv",
+                 "results.csv", "summary.csv", "report.md", "plots/nmf-win-rates.png",
+                 "plots/nmf-win-rates.svg", "plots/nmf-profile.png", "plots/nmf-schedules-0.png",
+                 "plots/nmf-tuning-curves.png", "plots/nmf-tuning-cost.png"):  # fmt: skip
         assert (done / name).is_file(), name
     runs = _csv(done / "runs.csv")
     # one row per scheduler, problem and decision (row 0 = before training)
@@ -54,14 +56,49 @@ def test_tuned_baselines_use_the_train_split(done):
     tuning = json.loads((done / "tuning.json").read_text())
     assert set(tuning) == {"nmf/constant", "nmf/cosine", "nmf/greedy-tuned"}
     for t in tuning.values():
-        meds = [math.inf if m is None else m for m in t["medians"]]
-        assert t["multiple"] == SPEC.grid[int(np.argmin(meds))]
+        best = int(np.argmin(t["mean"]))
+        assert {"multiple": t["multiple"], **t["kwargs"]} == t["points"][best]
+        assert t["n_instances"] == SPEC.tune_instances
+        assert t["lo"][best] <= t["mean"][best] <= t["hi"][best]
+    assert [len(tuning[f"nmf/{k}"]["points"]) for k in ("cosine", "greedy-tuned")] == [3, 32]
+    assert set(tuning["nmf/greedy-tuned"]["kwargs"]) == {"factor", "patience"}
+    tune_cells = list((done / "cells" / "tune").rglob("*.json"))
+    assert len(tune_cells) == (3 + 3 + 32) * 2
+    assert all("-train" in p.name for p in tune_cells)
     results = read_results(done)
     for r in results:
         if r["scheduler"] == "constant":
             assert r["tuned_multiple"] == tuning["nmf/constant"]["multiple"]
+        if r["scheduler"] == "cosine@ref":
+            assert r["tuned_multiple"] == 1.0  # untuned, at the reference LR
         if r["scheduler"] == "greedy":
             assert math.isnan(r["tuned_multiple"])
+    # the evaluated greedy-tuned runs use the tuned factor and patience too
+    run = json.loads(next((done / "cells" / "runs" / "greedy-tuned").glob("*.json")).read_text())
+    assert run["cell"]["kwargs"] == tuning["nmf/greedy-tuned"]["kwargs"]
+    rows = _csv(done / "tuning.csv")
+    assert len(rows) == 3 + 3 + 32
+    assert sum(r["chosen"] == "True" for r in rows) == 3
+
+
+def test_tuning_cost_view_and_summary_column(done):
+    rows = _csv(done / "tuning_cost.csv")
+    by = {}
+    for r in rows:
+        by.setdefault(r["scheduler"], []).append(r)
+    assert {k: len(v) for k, v in by.items()} == {"constant": 3, "cosine": 3, "greedy-tuned": 32}
+    results = read_results(done)
+    summary = {s["scheduler"]: s for s in _csv(done / "summary.csv")}
+    for label, curve in by.items():
+        assert [int(r["tuning_runs"]) for r in curve] == [
+            k * SPEC.tune_instances for k in range(1, len(curve) + 1)
+        ]
+        # fully tuned = the evaluated runs of the tuned setting (the same problems and seeds)
+        fin = [r["final_loss"] for r in results if r["scheduler"] == label]
+        assert float(curve[-1]["expected_median"]) == pytest.approx(np.median(fin))
+    assert "tuning_runs_to_match_learned" in summary["cosine"]
+    assert summary["cosine"]["tuning_runs_to_match_learned"] == "nan"  # no learned policy here
+    assert "tuning-cost" in (done / "report.md").read_text()
 
 
 def test_summary_matches_results_by_hand(done):

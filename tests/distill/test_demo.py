@@ -14,8 +14,10 @@ def tiny(monkeypatch):
     monkeypatch.setattr(
         demo.DemoSettings, "make", classmethod(lambda cls, quick: cls(4096, 4096, 2, 1, 2, 2))
     )
-    small = functools.partial(CompareSpec, budget=200, interval=50, grid=(1.0, 2.0))
+    small = functools.partial(CompareSpec, budget=200, interval=50)
     monkeypatch.setattr(demo, "CompareSpec", small)
+    monkeypatch.setattr(demo, "DEMO_GRID", (1.0, 2.0))
+    monkeypatch.setattr(demo, "DEMO_JOINT_GRID", (1.0,))
     monkeypatch.setattr(demo, "OPTIONAL_SEARCH", ("hypergradient",))
 
 
@@ -24,10 +26,13 @@ def test_demo_pipeline_end_to_end_and_rerun(tiny, tmp_path, capsys):
     text = report.read_text()
     for needle in ("## Training", "Distilled rules", "Distilled GreedyLR", "## nmf",
                    "Equal compute", "Head to head", "learned", "rules", "greedy-distilled",
-                   "hypergradient", "probe"):  # fmt: skip
+                   "hypergradient", "probe", "cosine@ref", "constant@ref",
+                   "best mean `val` return", "Tuning-cost view"):  # fmt: skip
         assert needle in text, needle
     for f in ("policy.msched", "rules.json", "plots/training.png", "compare/results.csv",
-              "compare/plots/nmf-win-rates.png", "compare/plots/nmf-schedules-0.svg"):  # fmt: skip
+              "compare/plots/nmf-win-rates.png", "compare/plots/nmf-schedules-0.svg",
+              "compare/plots/nmf-tuning-curves.png", "compare/plots/nmf-tuning-cost.png",
+              "compare/tuning.csv", "compare/tuning_cost.csv"):  # fmt: skip
         assert (tmp_path / f).is_file(), f
     # every image the report links exists
     import re

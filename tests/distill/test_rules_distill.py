@@ -51,11 +51,11 @@ def test_tree_reproduces_a_rule_it_can_express(policy):
 
 def test_distill_end_to_end(policy, tmp_path):
     out = tmp_path / "rules.json"
-    d = distill(policy, out, n_train=3, n_test=2, budget=200, log=lambda m: None)
+    d = distill(policy, out, n_train=3, n_val=2, budget=200, log=lambda m: None)
     rules = RulesScheduler(path=out)
     assert rules.decision_interval == 50 and rules.action_mode == "discrete3"
-    for x in (d.tree_agreement_train, d.tree_agreement_test, d.greedy.agreement,
-              d.greedy_agreement_test):  # fmt: skip
+    for x in (d.tree_agreement_train, d.tree_agreement_val, d.greedy.agreement,
+              d.greedy_agreement_val):  # fmt: skip
         assert 0.0 <= x <= 1.0
     assert d.tree_agreement_train >= 0.5  # a depth-3 tree on 12 decisions
     assert parse_scheduler(d.greedy.spec()).name == "greedy"

@@ -82,5 +82,5 @@ def test_scheduling_matters_tuned_cosine_beats_tuned_constant():
 
     fam = MNIST1DFamily()
     grid = tuple(fam.reference_lr * g for g in (0.5, 1.0, 2.0, 4.0))
-    res = constant_vs_cosine(fam, n_train=4, n_test=8, budget=1000, interval=50, grid=grid)
-    assert res.test_median["cosine"] < res.test_median["constant"], res.table()
+    res = constant_vs_cosine(fam, n_train=4, n_val=8, budget=1000, interval=50, grid=grid)
+    assert res.eval_median["cosine"] < res.eval_median["constant"], res.table()
