@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 from metasched.distill.compare import TUNED, CompareSpec, compare, parse_scheduler
@@ -35,6 +36,13 @@ __all__ = ["DemoSettings", "run_demo"]
 
 #: Search schedulers shown in the demo when they are registered.
 OPTIONAL_SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
+
+#: LR-free peers that run on NMF (projected), shown when their package is installed
+#: (``pip install 'metasched[peers]'``), and the module each needs. Schedule-free SGD is
+#: left out: it refuses NMF (its evaluated point is an extrapolation that the projection
+#: cannot keep non-negative), so its tuned row is dropped from the NMF demo too.
+NMF_PEERS: dict[str, str] = {"prodigy": "prodigyopt", "dadapt": "dadaptation"}
+NOT_ON_NMF: frozenset[str] = frozenset({"schedulefree", "schedulefree-tuned"})
 
 #: The demo's tuning grid: the half-octave multiples 1/2 .. 32 of the reference LR (13 of
 #: the 21 of ``DEFAULT_GRID``; the multiples below 1/2 are far from every NMF optimum and are
@@ -130,8 +138,9 @@ def run_demo(
     log(d.rules_text)
 
     specs = ["constant", "cosine", "cosine@ref", "constant@ref", "greedy", "greedy-tuned", "probe"]
-    specs += [lb for lb in TUNED if lb not in specs]  # e.g. wsd, when registered
+    specs += [lb for lb in TUNED if lb not in specs and lb not in NOT_ON_NMF]  # e.g. wsd
     specs += [n for n in OPTIONAL_SEARCH if n in SCHEDULERS]
+    specs += [n for n, mod in NMF_PEERS.items() if n in SCHEDULERS and find_spec(mod)]
     specs += [f"learned:{policy}", f"rules:{rules}", d.greedy.spec()]
     scheds = [parse_scheduler(x) for x in specs]
     # readable labels in the tables and plots
