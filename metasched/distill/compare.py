@@ -51,6 +51,7 @@ from metasched.schedulers.base import Scheduler
 from metasched.schedulers.runner import TRACE_COLUMNS
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_GRID",
     "TUNED",
     "CompareSpec",
@@ -68,6 +69,9 @@ DEFAULT_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in np.arange(-5.0, 5
 TUNED: dict[str, str] = {"constant": "constant", "cosine": "cosine", "greedy-tuned": "greedy"}
 
 _PATH_SCHEDULERS = ("learned", "rules")
+
+#: Where the cells run: local processes (default) or one-CPU Ray tasks.
+BACKENDS: tuple[str, ...] = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -369,8 +373,17 @@ def run_cells(
     *,
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the cells not yet cached under ``root`` (in ``jobs`` processes); return all."""
+    """Run the cells not yet cached under ``root``; return all.
+
+    ``backend="local"`` runs them in ``jobs`` processes of this machine; ``"ray"`` runs each
+    as a one-CPU Ray task (on the local instance, or the cluster at ``address`` /
+    ``RAY_ADDRESS``), ``jobs`` then being unused. Either way each result is stored here
+    as soon as it arrives, and a failure is raised after the runs in flight are stored.
+    """
+    check_backend(backend)
     results: list[dict[str, Any] | None] = [_load_cell(c, root) for c in cells]
     todo = [i for i, r in enumerate(results) if r is None]
     done = len(cells) - len(todo)
@@ -386,7 +399,15 @@ def run_cells(
             progress(done, len(cells))
 
     failed: tuple[int, BaseException] | None = None
-    if jobs <= 1 or len(todo) <= 1:
+    if backend == "ray" and todo:
+        from metasched.distributed.runtime import map_streaming
+
+        lost = map_streaming(
+            run_cell, [cells[i] for i in todo], lambda k, res: store(todo[k], res),
+            address=address,
+        )  # fmt: skip
+        failed = None if lost is None else (todo[lost[0]], lost[1])
+    elif jobs <= 1 or len(todo) <= 1:
         for i in todo:
             try:
                 res = run_cell(cells[i])
@@ -415,6 +436,13 @@ def run_cells(
     if failed is not None:
         _raise_failed(cells[failed[0]], failed[1], done, len(cells), root)
     return [r for r in results if r is not None]
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is one of :data:`BACKENDS`, else raise naming it."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
 
 
 def _raise_failed(cell: Cell, exc: BaseException, done: int, total: int, root: Path) -> None:
@@ -449,6 +477,8 @@ def tune(
     *,
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Grid-search the LR multiple of each tuned label on ``train``; per family and label."""
     labels = [lb for lb in labels if lb in TUNED]
@@ -459,7 +489,9 @@ def tune(
         for m in spec.grid
         for i in range(spec.tune_instances)
     ]
-    results = run_cells(cells, root, jobs=jobs, progress=progress)
+    results = run_cells(
+        cells, root, jobs=jobs, progress=progress, backend=backend, address=address
+    )
     out: dict[str, dict[str, Any]] = {}
     for fam in spec.families:
         for lb in labels:
@@ -494,12 +526,16 @@ def compare(
     jobs: int = 1,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> Path:
     """Run (or resume) a comparison into ``out``; write the tables; return ``out``.
 
     Writes ``compare.json`` (settings), ``tuning.json``, ``runs.csv`` (tidy: one row per
     scheduler, problem and decision), ``results.csv`` (one row per run with its metrics)
     and, via :mod:`metasched.distill.report`, ``summary.csv`` and ``report.md``.
+    ``backend="ray"`` runs every cell as a one-CPU Ray task (:func:`run_cells`); results
+    and cache are the same as with the local process pool.
     """
     if not schedulers:
         raise ConfigError("compare needs at least one scheduler")
@@ -509,6 +545,7 @@ def compare(
         raise ConfigError(f"scheduler listed twice: {dupes[0]!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+    check_backend(backend)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = root / "compare.json"
@@ -528,7 +565,9 @@ def compare(
 
     bar = _progress_bar(progress)
     log(f"tuning {', '.join(lb for lb in labels if lb in TUNED) or 'nothing'} on train ...")
-    tuning = tune(spec, labels, root, jobs=jobs, progress=bar("tuning"))
+    tuning = tune(
+        spec, labels, root, jobs=jobs, progress=bar("tuning"), backend=backend, address=address
+    )
     _write_atomic(root / "tuning.json", json.dumps(tuning, indent=2))
     for entry in tuning.values():
         log(
@@ -552,7 +591,9 @@ def compare(
         f"running {len(cells)} runs: {len(spec.families)} famil(ies) x {spec.n_instances} "
         f"{spec.split} instances x {spec.seeds} seed(s) x {len(schedulers)} schedulers ..."
     )
-    results = run_cells(cells, root, jobs=jobs, progress=bar("compare"))
+    results = run_cells(
+        cells, root, jobs=jobs, progress=bar("compare"), backend=backend, address=address
+    )
     write_tables(results, root, spec)
     from metasched.distill.report import write_report
 
