@@ -121,3 +121,19 @@ def test_killed_ray_comparison_resumes_without_rerunning_finished_cells(tmp_path
     for p, stamp in finished.items():  # every finished run kept as it was: not rerun
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp
     assert len(read_results(out)) == 80
+
+
+def test_missing_ray_names_the_extra(tmp_path, monkeypatch, capsys):
+    from metasched.cli import main
+    from metasched.distributed import require_ray
+    from metasched.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'metasched\[ray\]'"):
+        require_ray()
+    argv = ["compare", "--backend", "ray", "--instances", "1", "--tune-instances", "1",
+            "--grid", "1", "--budget", "100", "--schedulers", "constant",
+            "--out", str(tmp_path / "c"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'metasched[ray]'" in err[0]
