@@ -1,8 +1,8 @@
 """Ray backend overhead: one comparison grid on the local pool and on Ray; PPO with Ray workers.
 
-Run: ``python benchmarks/bench_ray.py [--quick] [--no-pbt]``. Everything runs on a local Ray
-instance with 2 CPUs (``include_dashboard=False``), started once before the timings (a
-cluster is up before a comparison starts, too).
+Run: ``python benchmarks/bench_ray.py [--quick] [--no-grid] [--no-ppo] [--no-pbt]``.
+Everything runs on a local Ray instance with 2 CPUs (``include_dashboard=False``), started
+once before the timings (a cluster is up before a comparison starts, too).
 
 1. Comparison grid: the same cells (NMF test instances x schedulers, no tuning phase, the
    family's env budget) run with ``run_cells(backend="local", jobs=2)`` and
@@ -158,12 +158,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-pbt", action="store_true")
     ap.add_argument("--no-ppo", action="store_true")
+    ap.add_argument("--no-grid", action="store_true")
     args = ap.parse_args()
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rounds = 2 if args.quick else 3
-    res = {"grid": bench_grid(6 if args.quick else 12, rounds)}
+    res = {}
+    if not args.no_grid:
+        res["grid"] = bench_grid(6 if args.quick else 12, rounds)
     if not args.no_ppo:
         res["ppo"] = bench_ppo(1024 if args.quick else 2048, 2)
     if not args.no_pbt:

@@ -157,7 +157,7 @@ def pbt_on_ray(
             param_space={"lr": tune.grid_search(initial), "problem": problem},
             tune_config=tune.TuneConfig(
                 scheduler=scheduler, metric="loss", mode="min", num_samples=1,
-                reuse_actors=False,
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=f"pbt-{family}-{split}{index}-s{seed}",
