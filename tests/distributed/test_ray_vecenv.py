@@ -17,21 +17,18 @@ def _rollout(venv, seed, n_steps=8):
     obs = [venv.reset()]
     rews, dones, terms = [], [], []
     rng = np.random.default_rng(0)
-    try:
-        for _ in range(n_steps):
-            actions = rng.integers(0, 3, size=venv.num_envs)
-            o, r, d, infos = venv.step(actions)
-            obs.append(o)
-            rews.append(r)
-            dones.append(d)
-            terms.extend(
-                (k, info["terminal_observation"], info["TimeLimit.truncated"])
-                for k, info in enumerate(infos)
-                if "terminal_observation" in info
-            )
-        attrs = venv.get_attr("budget", [3, 0])
-    finally:
-        venv.close()
+    for _ in range(n_steps):
+        actions = rng.integers(0, 3, size=venv.num_envs)
+        o, r, d, infos = venv.step(actions)
+        obs.append(o)
+        rews.append(r)
+        dones.append(d)
+        terms.extend(
+            (k, info["terminal_observation"], info["TimeLimit.truncated"])
+            for k, info in enumerate(infos)
+            if "terminal_observation" in info
+        )
+    attrs = venv.get_attr("budget", [3, 0])
     return np.array(obs), np.array(rews), np.array(dones), terms, attrs
 
 
@@ -40,18 +37,26 @@ def test_ray_actor_vec_env_equals_subproc_vec_env(ray_local):
 
     from metasched.distributed.vecenv import RayVecEnv
 
-    fns = [partial(_make_env, "metasched/NMF-v0", TINY_ENV) for _ in range(5)]
-    ray_out = _rollout(RayVecEnv(fns, num_workers=2), seed=7)
-    sub_out = _rollout(SubprocVecEnv(fns, start_method="forkserver"), seed=7)
+    fns = [partial(_make_env, "metasched/NMF-v0", TINY_ENV) for _ in range(4)]
+    venv = RayVecEnv(fns, num_workers=2)  # sub-envs 0-1 in one actor, 2-3 in the other
+    try:
+        ray_out = _rollout(venv, seed=7)
+        other = _rollout(venv, seed=8)  # reseeding mid-stream restarts every episode
+    finally:
+        venv.close()
+    sub = SubprocVecEnv(fns, start_method="forkserver")
+    try:
+        sub_out = _rollout(sub, seed=7)
+    finally:
+        sub.close()
     for a, b in zip(ray_out[:3], sub_out[:3], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert ray_out[2].sum() == 10  # every sub-env finished two episodes
-    assert len(ray_out[3]) == len(sub_out[3]) == 10
+    assert ray_out[2].sum() == 8  # every sub-env finished two episodes
+    assert len(ray_out[3]) == len(sub_out[3]) == 8
     for (k1, t1, tr1), (k2, t2, tr2) in zip(ray_out[3], sub_out[3], strict=True):
         assert k1 == k2 and tr1 == tr2
         np.testing.assert_array_equal(t1, t2)
     assert ray_out[4] == sub_out[4] == [150, 150]
-    other = _rollout(RayVecEnv(fns, num_workers=2), seed=8)
     assert not np.array_equal(other[0], ray_out[0])  # the seed matters
 
 
@@ -59,12 +64,11 @@ def test_ray_actor_vec_env_equals_subproc_vec_env(ray_local):
 def test_ray_batched_actors_step_and_reset(ray_local):
     from metasched.distributed.vecenv import RayVecEnv
 
-    def run():
-        return _rollout(
-            RayVecEnv.batched(4, 2, split="train", budget=150, steps_per_action=50), seed=3
-        )
-
-    a, b = run(), run()
+    venv = RayVecEnv.batched(4, 2, split="train", budget=150, steps_per_action=50)
+    try:
+        a, b = _rollout(venv, seed=3), _rollout(venv, seed=3)
+    finally:
+        venv.close()
     assert a[0].shape == (9, 4, 12)
     np.testing.assert_array_equal(a[0], b[0])  # deterministic for a seed
     np.testing.assert_array_equal(a[1], b[1])
