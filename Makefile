@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU wheel, pinned: a loose torch requirement would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,peers]'
+	$(PY) -m pip install --quiet -e '.[dev,peers,ray]'
 	# Fashion-MNIST IDX files for the `fashion` task (Debian package dataset-fashion-mnist);
 	# skipped without apt-get or on failure: the task then raises an error naming the package
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \

@@ -87,7 +87,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         tuning_cost=tuple(x for x in (args.tuning_cost or "").split(",") if x),
     )
     scheds = [parse_scheduler(x) for x in split_schedulers(args.schedulers)]
-    compare(spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress)
+    compare(
+        spec, scheds, args.out, jobs=args.jobs, progress=not args.no_progress,
+        backend=args.backend, address=args.address,
+    )  # fmt: skip
     return 0
 
 
@@ -149,6 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             for flag, val in (
                 ("--hyperparams", args.hyperparams),
                 ("--n-envs", args.n_envs),
+                ("--num-workers", args.num_workers),
                 ("--env-kwarg", args.env_kwarg),
                 ("--seed", args.seed),
             )
@@ -173,6 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "checkpoint_freq": args.checkpoint_freq,
             "n_eval_episodes": args.eval_episodes,
             "vec_env": args.vec_env,
+            "num_workers": args.num_workers,
         }
         if args.env_kwarg:
             overrides["env_kwargs"] = dict(args.env_kwarg)
@@ -249,7 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyperparams", help="YAML file overriding the shipped hyperparameters")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--n-envs", type=_positive_int, help="parallel envs (default: config)")
-    p.add_argument("--vec-env", choices=("batched", "subproc", "dummy"), help="vector env kind")
+    p.add_argument(
+        "--vec-env",
+        choices=("batched", "subproc", "dummy", "ray", "ray-batched"),
+        help="vector env kind (ray: env workers as Ray actors, cluster from RAY_ADDRESS)",
+    )
+    p.add_argument(
+        "--num-workers", type=_positive_int, help="Ray actors of --vec-env ray (default: 2)"
+    )
     p.add_argument(
         "--env-kwarg",
         type=_key_value,
@@ -328,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(comma-separated; no value: all) on the evaluated split",
     )
     p.add_argument("--jobs", type=_positive_int, default=2, help="processes (default: 2)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local process pool (default) or one-CPU Ray tasks ('metasched[ray]' extra)",
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster to join with --backend ray (default: RAY_ADDRESS, else a local "
+        "instance)",
+    )
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)

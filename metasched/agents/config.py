@@ -71,8 +71,9 @@ META_KEYS: tuple[str, ...] = (
     "eval_freq",
     "n_eval_episodes",
     "checkpoint_freq",
+    "num_workers",
 )
-VEC_ENVS: tuple[str, ...] = ("batched", "subproc", "dummy")
+VEC_ENVS: tuple[str, ...] = ("batched", "subproc", "dummy", "ray", "ray-batched")
 _MERGED = ("env_kwargs", "policy_kwargs", "normalize")
 _NORMALIZE_KEYS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon")
 #: Algorithm arguments the trainer sets itself.
@@ -122,6 +123,8 @@ class TrainConfig:
     eval_freq: int = 20000
     n_eval_episodes: int = 20
     checkpoint_freq: int = 20000
+    #: Ray actors holding the envs (``vec_env: ray`` / ``ray-batched`` only).
+    num_workers: int = 2
 
     @property
     def action_mode(self) -> str:
@@ -312,6 +315,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_int("eval_freq", cfg.eval_freq, 0)
     _check_int("n_eval_episodes", cfg.n_eval_episodes, 1)
     _check_int("checkpoint_freq", cfg.checkpoint_freq, 0)
+    _check_int("num_workers", cfg.num_workers, 1)
     if cfg.vec_env not in VEC_ENVS:
         raise ConfigError(did_you_mean(str(cfg.vec_env), VEC_ENVS, "vec_env"))
     mode = cfg.action_mode

@@ -2,7 +2,8 @@
 
 :func:`train` runs (or resumes) a run described by a :class:`~metasched.agents.config.TrainConfig`
 in a run directory (layout in :mod:`metasched.agents.rundir`). Training uses the batched NMF
-vector env, ``SubprocVecEnv`` or ``DummyVecEnv``, optionally wrapped in ``VecNormalize``; the
+vector env, ``SubprocVecEnv``, ``DummyVecEnv`` or env workers in Ray actors
+(:class:`~metasched.distributed.vecenv.RayVecEnv`), optionally wrapped in ``VecNormalize``; the
 policy is evaluated deterministically on fixed instances of the ``val`` split (the same
 instances and seeds every time, so the eval curve is not sampling noise), next to two
 reference policies on the same instances: keep-the-LR and uniformly random actions. The
@@ -139,6 +140,8 @@ def make_train_env(cfg: TrainConfig, seed: int) -> Any:
                 "use vec_env: dummy or subproc"
             )
         venv = BatchedNMFVecEnv(num_envs=cfg.n_envs, split="train", seed=seed, **cfg.env_kwargs)
+    elif cfg.vec_env in ("ray", "ray-batched"):
+        venv = _make_ray_env(cfg, seed)
     else:
         cls = SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv
         make = _make_worker_env if cls is SubprocVecEnv else _make_env
@@ -148,6 +151,24 @@ def make_train_env(cfg: TrainConfig, seed: int) -> Any:
     venv = VecMonitor(venv)
     if cfg.normalize.enabled:
         venv = VecNormalize(venv, **cfg.normalize.as_kwargs())
+    return venv
+
+
+def _make_ray_env(cfg: TrainConfig, seed: int) -> Any:
+    """Envs in ``cfg.num_workers`` Ray actors (cluster: ``RAY_ADDRESS``, else local Ray)."""
+    from metasched.distributed.vecenv import RayVecEnv
+
+    if cfg.vec_env == "ray-batched":
+        if cfg.env_id != "metasched/NMF-v0":
+            raise ConfigError(
+                f"vec_env 'ray-batched' exists for metasched/NMF-v0 only, not {cfg.env_id}"
+            )
+        return RayVecEnv.batched(
+            cfg.n_envs, cfg.num_workers, split="train", seed=seed, **cfg.env_kwargs
+        )
+    fns = [partial(_make_env, cfg.env_id, cfg.env_kwargs) for _ in range(cfg.n_envs)]
+    venv = RayVecEnv(fns, cfg.num_workers)
+    venv.seed(seed)
     return venv
 
 

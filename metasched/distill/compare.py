@@ -69,6 +69,7 @@ from metasched.schedulers.base import Scheduler
 from metasched.schedulers.runner import TRACE_COLUMNS
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_GRID",
     "DEFAULT_JOINT_GRID",
     "TUNED",
@@ -139,6 +140,9 @@ SLOW_TUNE_INSTANCES: dict[str, int] = {"fashion": 10, "charlm": 10}
 AT_REF = "@ref"
 
 _PATH_SCHEDULERS = ("learned", "rules")
+
+#: Where the cells run: local processes (default) or one-CPU Ray tasks.
+BACKENDS: tuple[str, ...] = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -478,8 +482,17 @@ def run_cells(
     *,
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the cells not yet cached under ``root`` (in ``jobs`` processes); return all."""
+    """Run the cells not yet cached under ``root``; return all.
+
+    ``backend="local"`` runs them in ``jobs`` processes of this machine; ``"ray"`` runs each
+    as a one-CPU Ray task (on the local instance, or the cluster at ``address`` /
+    ``RAY_ADDRESS``), ``jobs`` then being unused. Either way each result is stored here
+    as soon as it arrives, and a failure is raised after the runs in flight are stored.
+    """
+    check_backend(backend)
     results: list[dict[str, Any] | None] = [_load_cell(c, root) for c in cells]
     todo = [i for i, r in enumerate(results) if r is None]
     done = len(cells) - len(todo)
@@ -495,7 +508,15 @@ def run_cells(
             progress(done, len(cells))
 
     failed: tuple[int, BaseException] | None = None
-    if jobs <= 1 or len(todo) <= 1:
+    if backend == "ray" and todo:
+        from metasched.distributed.runtime import map_streaming
+
+        lost = map_streaming(
+            run_cell, [cells[i] for i in todo], lambda k, res: store(todo[k], res),
+            address=address,
+        )  # fmt: skip
+        failed = None if lost is None else (todo[lost[0]], lost[1])
+    elif jobs <= 1 or len(todo) <= 1:
         for i in todo:
             try:
                 res = run_cell(cells[i])
@@ -524,6 +545,13 @@ def run_cells(
     if failed is not None:
         _raise_failed(cells[failed[0]], failed[1], done, len(cells), root)
     return [r for r in results if r is not None]
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is one of :data:`BACKENDS`, else raise naming it."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
 
 
 def _raise_failed(cell: Cell, exc: BaseException, done: int, total: int, root: Path) -> None:
@@ -588,6 +616,8 @@ def tune(
     *,
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Tune each tuned label on ``train`` by the protocol; per ``family/label`` entry.
 
@@ -605,7 +635,9 @@ def tune(
         for lb in labels
         for c in _grid_cells(spec, fam, lb, "train", range(spec.n_tune(fam)), 1)
     ]
-    results = run_cells(cells, root, jobs=jobs, progress=progress)
+    results = run_cells(
+        cells, root, jobs=jobs, progress=progress, backend=backend, address=address
+    )
     by_point: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
     for r in results:
         c = r["cell"]
@@ -770,12 +802,16 @@ def compare(
     jobs: int = 1,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> Path:
     """Run (or resume) a comparison into ``out``; write the tables; return ``out``.
 
     Writes ``compare.json`` (settings), ``tuning.json``, ``runs.csv`` (tidy: one row per
     scheduler, problem and decision), ``results.csv`` (one row per run with its metrics)
     and, via :mod:`metasched.distill.report`, ``summary.csv`` and ``report.md``.
+    ``backend="ray"`` runs every cell as a one-CPU Ray task (:func:`run_cells`); results
+    and cache are the same as with the local process pool.
     """
     if not schedulers:
         raise ConfigError("compare needs at least one scheduler")
@@ -785,6 +821,7 @@ def compare(
         raise ConfigError(f"scheduler listed twice: {dupes[0]!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+    check_backend(backend)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = root / "compare.json"
@@ -804,7 +841,9 @@ def compare(
 
     bar = _progress_bar(progress)
     log(f"tuning {', '.join(lb for lb in labels if lb in TUNED) or 'nothing'} on train ...")
-    tuning = tune(spec, labels, root, jobs=jobs, progress=bar("tuning"))
+    tuning = tune(
+        spec, labels, root, jobs=jobs, progress=bar("tuning"), backend=backend, address=address
+    )
     _write_atomic(root / "tuning.json", json.dumps(tuning, indent=2))
     write_tuning_csv(tuning, root / "tuning.csv")
     for entry in tuning.values():
@@ -846,7 +885,9 @@ def compare(
     if grid:  # in the same pool as the evaluated runs
         names = ", ".join(sorted({t["label"] for t in wanted.values()}))
         log(f"  and the tuning-cost view: {len(grid)} runs, every grid point of {names}")
-    everything = run_cells(cells + grid, root, jobs=jobs, progress=bar("compare"))
+    everything = run_cells(
+        cells + grid, root, jobs=jobs, progress=bar("compare"), backend=backend, address=address
+    )
     results = [r for r in everything if r["cell"].get("role") != "grid"]
     cost_path = root / "tuning_cost.csv"
     if grid:

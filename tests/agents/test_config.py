@@ -61,7 +61,7 @@ def test_bad_names_and_values(tmp_path):
     with pytest.raises(ConfigError, match="n_envs"):
         load_config("ppo", "metasched/NMF-v0", overrides={"n_envs": 0})
     with pytest.raises(ConfigError, match="vec_env"):
-        load_config("ppo", "metasched/NMF-v0", overrides={"vec_env": "ray"})
+        load_config("ppo", "metasched/NMF-v0", overrides={"vec_env": "threads"})
     with pytest.raises(ConfigError, match="activation_fn"):
         load_config("ppo", "metasched/NMF-v0",
                     overrides={"policy_kwargs": {"activation_fn": "sigmoidd"}})
