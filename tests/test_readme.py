@@ -40,7 +40,7 @@ TINY: dict[str, list[str]] = {
         "--instances", "1", "--budget", "100", "--tune-instances", "1", "--grid", "0.5,2",
         "--jobs", "1", "--no-progress",
     ],
-    "distill": ["--train-instances", "2", "--test-instances", "1", "--budget", "100"],
+    "distill": ["--train-instances", "2", "--val-instances", "1", "--budget", "100"],
 }  # fmt: skip
 
 #: Size overrides of Python blocks (the README's sizes stay what a user runs).
