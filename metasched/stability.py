@@ -1,0 +1,353 @@
+"""A measured stability bound on the learning rate, for any task that exposes its curvature.
+
+NMF knows its stability bound analytically; a network does not. This module measures the
+LR at which SGD *as the task runs it* (its minibatch size, its momentum) stops being stable:
+
+* **Curvature.** The top eigenvalue ``lam`` of the *minibatch* Hessian at the training batch
+  size (``DESIGN.md`` §3a: full-batch or gradient-direction curvature overestimates the
+  bound 4-20x, because minibatch noise excites the sharp directions), found with Lanczos
+  (default) or power iteration on Hessian-vector products, warm-started from the previous
+  top eigenvector, averaged over a few minibatches drawn from the estimator's own generator
+  (the task's training stream is not touched).
+* **Step.** For a step ``p <- p - lr * M g`` with a fixed diagonal preconditioner ``M`` the
+  relevant operator is ``M^(1/2) H M^(1/2)``; a task's :meth:`CurvatureTask.hessian_operator`
+  returns that product (and includes L2 weight decay).
+* **Momentum.** On a quadratic of curvature ``lam``, heavy ball
+  ``p' = p - a g + b (p - p_prev)`` is stable iff ``a lam < 2 (1 + b)``. The torch tasks use
+  EMA momentum (``buf <- mu buf + (1 - mu) g``, ``p <- p - lr buf``), which is heavy ball
+  with ``a = lr (1 - mu)``, ``b = mu``; so the limit is
+  ``lr < 2 (1 + mu) / ((1 - mu) lam)`` (:func:`sgd_stability_limit`).
+* **Cost.** Every Hessian-vector product is counted; :attr:`StabilityEstimator.cost_steps`
+  converts the count into SGD-step equivalents with the task's measured ratio
+  (``hvp_step_cost``) so that ``compute`` can include it. :meth:`StabilityEstimator.bound`
+  re-measures only every ``every`` calls (one call per decision), since the bound drifts
+  slowly.
+
+A task opts in by implementing :class:`CurvatureTask` (the torch tasks and NMF do).
+
+Example:
+    >>> import numpy as np
+    >>> from metasched.inner_tasks import MLPConfig, MLPTask
+    >>> task = MLPTask(MLPConfig(width=16, depth=1, batch_size=16))
+    >>> task.reset(np.random.default_rng(0))
+    >>> est = StabilityEstimator(generator=np.random.default_rng(1))
+    >>> m = est.measure(task)
+    >>> bool(0 < m.bound < 100), m.n_hvp > 0
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CurvatureTask",
+    "StabilityEstimator",
+    "StabilityMeasurement",
+    "lanczos_top_eigenvalue",
+    "momentum_factor",
+    "power_top_eigenvalue",
+    "sgd_stability_limit",
+    "supports_curvature",
+]
+
+#: A symmetric linear operator on flat parameter vectors.
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+METHODS = ("lanczos", "power")
+REDUCTIONS = ("mean", "max")
+
+
+def momentum_factor(momentum: float, kind: str = "ema") -> float:
+    """Return how far momentum moves the stability limit, relative to plain SGD.
+
+    Args:
+        momentum: ``mu`` (EMA) or ``beta`` (heavy ball), in ``[0, 1)``.
+        kind: ``"ema"`` (``buf <- mu buf + (1 - mu) g``, the torch tasks' rule):
+            ``(1 + mu) / (1 - mu)``; ``"heavy_ball"`` (``buf <- beta buf + g``, torch's
+            ``SGD`` without dampening): ``1 + beta``.
+    """
+    if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+    if kind == "ema":
+        return (1.0 + momentum) / (1.0 - momentum)
+    if kind == "heavy_ball":
+        return 1.0 + momentum
+    raise ValueError(f"kind must be 'ema' or 'heavy_ball', got {kind!r}")
+
+
+def sgd_stability_limit(lam: float, momentum: float = 0.0, kind: str = "ema") -> float:
+    """Largest stable LR of SGD (with momentum) on a quadratic of top curvature ``lam``.
+
+    ``2 / lam`` times :func:`momentum_factor`; ``inf`` when ``lam <= 0`` (no positive
+    curvature limits the step).
+    """
+    factor = momentum_factor(momentum, kind)
+    if not math.isfinite(lam):
+        return 0.0
+    return 2.0 * factor / lam if lam > 0 else math.inf
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    n = torch.linalg.vector_norm(v)
+    return v / n if n > 0 else v
+
+
+def power_top_eigenvalue(
+    matvec: MatVec, v0: torch.Tensor, *, max_iter: int = 20, tol: float = 1e-3
+) -> tuple[float, torch.Tensor, int]:
+    """Eigenvalue of largest magnitude of ``matvec`` by power iteration.
+
+    Stops when the Rayleigh quotient changes by less than ``tol`` (relative) between
+    iterations. Returns ``(eigenvalue, unit eigenvector estimate, matrix-vector products)``.
+    """
+    v = _unit(v0)
+    lam_prev = math.nan
+    lam = 0.0
+    for i in range(1, max_iter + 1):
+        w = matvec(v)
+        lam = float(torch.dot(v, w))
+        norm = torch.linalg.vector_norm(w)
+        if not (math.isfinite(lam) and torch.isfinite(norm)):
+            return math.inf, v, i
+        if norm == 0:
+            return 0.0, v, i
+        v = w / norm
+        if abs(lam - lam_prev) <= tol * abs(lam):
+            return lam, v, i
+        lam_prev = lam
+    return lam, v, max_iter
+
+
+def lanczos_top_eigenvalue(
+    matvec: MatVec, v0: torch.Tensor, *, max_iter: int = 20, tol: float = 1e-3
+) -> tuple[float, torch.Tensor, int]:
+    """Largest (algebraic) eigenvalue of a symmetric ``matvec`` by Lanczos.
+
+    Full re-orthogonalisation (``max_iter`` is small); stops when the top Ritz value changes
+    by less than ``tol`` (relative) or the Krylov space is exhausted. Returns
+    ``(top Ritz value, its unit Ritz vector, matrix-vector products)``.
+    """
+    q = _unit(v0)
+    basis = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    top_prev = math.nan
+    top = 0.0
+    ritz = q
+    n = q.numel()
+    for k in range(1, max_iter + 1):
+        w = matvec(basis[-1])
+        if not bool(torch.isfinite(w).all()):
+            return math.inf, q, k
+        alpha = float(torch.dot(basis[-1], w))
+        alphas.append(alpha)
+        Q = torch.stack(basis)
+        w = w - Q.t() @ (Q @ w)
+        w = w - Q.t() @ (Q @ w)  # twice is enough (Kahan-Parlett)
+        beta = float(torch.linalg.vector_norm(w))
+        vals, vecs = np.linalg.eigh(_tridiagonal(alphas, betas))
+        top = float(vals[-1])
+        coef = torch.as_tensor(vecs[:, -1], dtype=Q.dtype)
+        ritz = coef @ Q
+        done = abs(top - top_prev) <= tol * abs(top)
+        if done or k >= n or beta <= 1e-10 * max(abs(top), 1e-30):
+            return top, _unit(ritz), k
+        top_prev = top
+        betas.append(beta)
+        basis.append(w / beta)
+    return top, _unit(ritz), max_iter
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
+    k = len(alphas)
+    t = np.diag(np.asarray(alphas, dtype=np.float64))
+    for i, b in enumerate(betas[: k - 1]):
+        t[i, i + 1] = t[i + 1, i] = b
+    return t
+
+
+class CurvatureTask(abc.ABC):
+    """What a task provides so that its stability bound can be measured.
+
+    A mixin for inner tasks (the torch tasks and NMF implement it). Implementations must not
+    change the task's parameters, optimizer state or training data stream.
+    """
+
+    @abc.abstractmethod
+    def curvature_batches(self, n: int, generator: torch.Generator) -> list[Any]:
+        """Draw ``n`` minibatches at the training batch size from ``generator``."""
+
+    @abc.abstractmethod
+    def hessian_operator(self, batch: Any) -> tuple[MatVec, int, torch.dtype]:
+        """Return the step-preconditioned minibatch Hessian of ``batch`` at the current point.
+
+        Returns ``(matvec, dimension, dtype)``: ``matvec`` maps a flat vector to
+        ``M^(1/2) (H + wd I) M^(1/2) v`` (``M`` the task's fixed preconditioner, ``wd`` its
+        L2 weight decay).
+        """
+
+    def stability_momentum(self) -> float:
+        """EMA momentum ``mu`` of the task's SGD (0: plain SGD)."""
+        return 0.0
+
+    def hvp_step_cost(self) -> float:
+        """Cost of one Hessian-vector product in SGD-step units (measured per family)."""
+        return 2.0
+
+
+def supports_curvature(task: Any) -> bool:
+    """Whether ``task`` implements :class:`CurvatureTask`."""
+    return isinstance(task, CurvatureTask)
+
+
+@dataclass(frozen=True, slots=True)
+class StabilityMeasurement:
+    """One measurement of the stability bound.
+
+    Attributes:
+        bound: the largest stable LR predicted for the task's SGD (momentum included).
+        sharpness: the reduced top eigenvalue (mean or max over minibatches).
+        eigenvalues: the top eigenvalue of each minibatch's Hessian.
+        momentum: the EMA momentum the bound accounts for.
+        n_hvp: Hessian-vector products spent.
+        cost_steps: their cost in SGD-step equivalents.
+    """
+
+    bound: float
+    sharpness: float
+    eigenvalues: tuple[float, ...]
+    momentum: float
+    n_hvp: int
+    cost_steps: float
+
+
+class StabilityEstimator:
+    """Measures ``2 (1 + mu) / ((1 - mu) lam)`` with ``lam`` the minibatch-Hessian sharpness.
+
+    Args:
+        n_batches: minibatches whose top eigenvalues are reduced to one sharpness.
+        method: ``"lanczos"`` or ``"power"``.
+        max_iter: Hessian-vector products per minibatch at most.
+        tol: relative change of the eigenvalue estimate that stops the iteration.
+        reduce: ``"mean"`` or ``"max"`` over the minibatches.
+        momentum_aware: scale the bound by :func:`momentum_factor` of the task's momentum.
+        every: :meth:`bound` re-measures on every ``every``-th call (1: every call).
+        generator: numpy generator (or int seed) from which the estimator's minibatches and
+            start vector are drawn; the estimator is deterministic given it.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_batches: int = 2,
+        method: str = "lanczos",
+        max_iter: int = 12,
+        tol: float = 0.02,
+        reduce: str = "mean",
+        momentum_aware: bool = True,
+        every: int = 5,
+        generator: np.random.Generator | int = 0,
+    ) -> None:
+        for name, value in (("n_batches", n_batches), ("max_iter", max_iter), ("every", every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        if not (isinstance(tol, int | float) and 0 < tol < 1):
+            raise ValueError(f"tol must lie in (0, 1), got {tol!r}")
+        if isinstance(generator, int):
+            generator = np.random.default_rng(generator)
+        self.n_batches, self.method, self.max_iter = n_batches, method, max_iter
+        self.tol, self.reduce, self.momentum_aware, self.every = tol, reduce, momentum_aware, every
+        self._gen = torch.Generator().manual_seed(int(generator.integers(2**63)))
+        self._vector: torch.Tensor | None = None
+        self._last: StabilityMeasurement | None = None
+        self._calls = 0
+        self.n_hvp = 0
+        self.cost_steps = 0.0
+        self.n_measurements = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"StabilityEstimator(n_batches={self.n_batches}, method={self.method!r}, "
+            f"max_iter={self.max_iter}, tol={self.tol}, reduce={self.reduce!r}, "
+            f"momentum_aware={self.momentum_aware}, every={self.every})"
+        )
+
+    def reset(self) -> None:
+        """Forget the warm-start vector, the cached bound and the cost counters."""
+        self._vector, self._last, self._calls = None, None, 0
+        self.n_hvp, self.cost_steps, self.n_measurements = 0, 0.0, 0
+
+    @property
+    def last(self) -> StabilityMeasurement | None:
+        """The most recent measurement (``None`` before the first)."""
+        return self._last
+
+    def measure(self, task: Any) -> StabilityMeasurement:
+        """Measure the bound of ``task`` at its current parameters (see the class doc)."""
+        if not isinstance(task, CurvatureTask):
+            name = getattr(task, "name", type(task).__name__)
+            raise ValueError(
+                f"task {name!r} ({type(task).__name__}) does not implement "
+                "metasched.stability.CurvatureTask, so its stability bound cannot be measured"
+            )
+        solve = lanczos_top_eigenvalue if self.method == "lanczos" else power_top_eigenvalue
+        lams, n_hvp = [], 0
+        for batch in task.curvature_batches(self.n_batches, self._gen):
+            matvec, dim, dtype = task.hessian_operator(batch)
+            v0 = self._start(dim, dtype)
+            lam, vec, k = solve(matvec, v0, max_iter=self.max_iter, tol=self.tol)
+            n_hvp += k
+            if self.method == "power" and lam < 0 and math.isfinite(lam):
+                # the dominant eigenvalue is negative: shift it away to reach the top one
+                shift = -lam
+
+                def shifted(v: torch.Tensor, mv: MatVec = matvec, s: float = shift) -> torch.Tensor:
+                    return mv(v) + s * v
+
+                lam, vec, k = solve(shifted, vec, max_iter=self.max_iter, tol=self.tol)
+                lam -= shift
+                n_hvp += k
+            if math.isfinite(lam):
+                self._vector = vec.detach()
+            lams.append(lam)
+        sharp = float(np.mean(lams)) if self.reduce == "mean" else float(np.max(lams))
+        mu = task.stability_momentum() if self.momentum_aware else 0.0
+        bound = sgd_stability_limit(sharp, mu) if not math.isnan(sharp) else 0.0
+        cost = n_hvp * task.hvp_step_cost()
+        self.n_hvp += n_hvp
+        self.cost_steps += cost
+        self.n_measurements += 1
+        self._last = StabilityMeasurement(
+            bound=bound,
+            sharpness=sharp,
+            eigenvalues=tuple(float(x) for x in lams),
+            momentum=mu,
+            n_hvp=n_hvp,
+            cost_steps=cost,
+        )
+        return self._last
+
+    def bound(self, task: Any) -> float:
+        """The amortised bound: re-measured on every ``every``-th call, cached in between."""
+        if self._last is None or self._calls % self.every == 0:
+            self.measure(task)
+        self._calls += 1
+        assert self._last is not None
+        return self._last.bound
+
+    def _start(self, dim: int, dtype: torch.dtype) -> torch.Tensor:
+        if self._vector is not None and self._vector.numel() == dim:
+            return self._vector.to(dtype)
+        return torch.randn(dim, generator=self._gen, dtype=torch.float64).to(dtype)
