@@ -49,6 +49,7 @@ import torch
 
 __all__ = [
     "CurvatureTask",
+    "ForkTestEstimator",
     "StabilityEstimator",
     "StabilityMeasurement",
     "lanczos_top_eigenvalue",
@@ -351,3 +352,116 @@ class StabilityEstimator:
         if self._vector is not None and self._vector.numel() == dim:
             return self._vector.to(dtype)
         return torch.randn(dim, generator=self._gen, dtype=torch.float64).to(dtype)
+
+
+class ForkTestEstimator:
+    """The largest LR on a half-octave grid at which a short fork of SGD does not blow up.
+
+    From a snapshot, the task trains ``steps`` steps at a candidate LR (its own SGD, momentum
+    included, on the minibatches training would draw next) and is restored; the candidate
+    passes when no step diverges and, over the last third of the fork, the minibatch losses
+    stay below ``rise`` times those of the same minibatches at the snapshot's parameters
+    (a fork at LR 0, run once per measurement: pairing the batches cancels their noise). The search starts at the previous
+    result (warm start; first: ``anchor`` or the task's ``default_lr``), climbs while the
+    candidate passes (at most ``max_up`` grid steps) and descends while it fails. Works on
+    any :class:`~metasched.inner_tasks.base.InnerTask`; the cost is the fork steps run.
+
+    Args:
+        steps: SGD steps per fork.
+        rise: loss ratio (fork over LR-0 fork, last third) that counts as blowing up.
+        max_up: grid steps climbed per measurement at most.
+        every: :meth:`bound` re-measures on every ``every``-th call.
+        anchor: LR the half-octave grid is aligned to (default: the task's ``default_lr``).
+    """
+
+    def __init__(
+        self,
+        *,
+        steps: int = 10,
+        rise: float = 1.5,
+        max_up: int = 3,
+        every: int = 5,
+        anchor: float | None = None,
+    ) -> None:
+        for name, value in (("steps", steps), ("max_up", max_up), ("every", every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(rise, int | float) and rise > 1 and math.isfinite(rise)):
+            raise ValueError(f"rise must be a finite number > 1, got {rise!r}")
+        if anchor is not None and not (math.isfinite(anchor) and anchor > 0):
+            raise ValueError(f"anchor must be a positive finite LR, got {anchor!r}")
+        self.steps, self.rise, self.max_up, self.every = steps, float(rise), max_up, every
+        self.anchor = anchor
+        self._k: int | None = None
+        self._last: StabilityMeasurement | None = None
+        self._calls = 0
+        self.cost_steps = 0.0
+        self.n_measurements = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"ForkTestEstimator(steps={self.steps}, rise={self.rise}, max_up={self.max_up}, "
+            f"every={self.every}, anchor={self.anchor})"
+        )
+
+    def reset(self) -> None:
+        """Forget the warm start, the cached bound and the cost counter."""
+        self._k, self._last, self._calls = None, None, 0
+        self.cost_steps, self.n_measurements = 0.0, 0
+
+    @property
+    def last(self) -> StabilityMeasurement | None:
+        """The most recent measurement (``None`` before the first)."""
+        return self._last
+
+    def _passes(self, task: Any, snap: Any, lr: float, base: np.ndarray) -> tuple[bool, int]:
+        task.restore(snap)
+        stats = task.train(self.steps, lr)
+        losses = np.asarray(stats.losses, dtype=np.float64)
+        if stats.diverged or stats.n_done < self.steps or not np.isfinite(losses).all():
+            return False, stats.n_done
+        third = max(1, self.steps // 3)
+        return bool(losses[-third:].sum() < self.rise * base[-third:].sum()), stats.n_done
+
+    def measure(self, task: Any) -> StabilityMeasurement:
+        """Search the grid from the previous result; the task is left as it was."""
+        anchor = self.anchor if self.anchor is not None else float(task.default_lr())
+        snap = task.snapshot()
+        base = np.asarray(task.train(self.steps, 0.0).losses, dtype=np.float64)
+        k = 0 if self._k is None else self._k
+        spent = len(base)
+        ok, n = self._passes(task, snap, anchor * 2 ** (k / 2), base)
+        spent += n
+        if ok:
+            for _ in range(self.max_up):
+                up, n = self._passes(task, snap, anchor * 2 ** ((k + 1) / 2), base)
+                spent += n
+                if not up:
+                    break
+                k += 1
+        else:
+            while k > -40:
+                k -= 1
+                ok, n = self._passes(task, snap, anchor * 2 ** (k / 2), base)
+                spent += n
+                if ok:
+                    break
+        task.restore(snap)
+        self._k = k
+        bound = anchor * 2 ** (k / 2) if ok or k > -40 else 0.0
+        self.cost_steps += spent
+        self.n_measurements += 1
+        mu = float(getattr(task, "momentum", 0.0))
+        self._last = StabilityMeasurement(
+            bound=bound, sharpness=math.nan, eigenvalues=(), momentum=mu, n_hvp=0,
+            cost_steps=float(spent),
+        )
+        return self._last
+
+    def bound(self, task: Any) -> float:
+        """The amortised bound: re-measured on every ``every``-th call, cached in between."""
+        if self._last is None or self._calls % self.every == 0:
+            self.measure(task)
+        self._calls += 1
+        assert self._last is not None
+        return self._last.bound

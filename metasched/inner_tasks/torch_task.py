@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metasched.inner_tasks.base import InnerTask, StepStats
 from metasched.inner_tasks.gradients import GradientTask, HyperparameterTask, UpdateResult
@@ -504,7 +505,9 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
         """Minibatch Hessian (plus weight decay) by double backward through :meth:`batch_loss`."""
         draws, t = batch
         params = self.params
-        grads = torch.autograd.grad(self.batch_loss(draws, t), params, create_graph=True)
+        # the fused CPU attention kernels have no double backward; the math kernel has
+        with sdpa_kernel(SDPBackend.MATH):
+            grads = torch.autograd.grad(self.batch_loss(draws, t), params, create_graph=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
         sizes = [p.numel() for p in params]
         wd = self.weight_decay
