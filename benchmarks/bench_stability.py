@@ -4,8 +4,8 @@
         [--families mlp mnist1d fashion charlm nmf]
 
 For every family, checkpoints are taken on ``train`` instances (the task families have no
-``val`` split; ``test`` and ``shift`` are never touched) at several points of a training run at the family's reference LR (NMF: half its analytic
-bound). At each checkpoint:
+``val`` split; ``test`` and ``shift`` are never touched) at several points of a training run
+at the family's reference LR (NMF: half its analytic bound). At each checkpoint:
 
 * the **measured bound** of :class:`metasched.stability.StabilityEstimator` (one estimator
   per instance, so the warm start carries over as it would during an episode), under three
@@ -58,6 +58,7 @@ PLAN = {
     "charlm": (4, (0.0, 0.1), 2000),
 }
 QUICK = {"mlp": (1, (0.0, 0.5), 200), "nmf": (1, (0.0, 0.5), 400)}
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 EVERY = 5  # decisions between measurements (the amortisation the overhead assumes)
 GRID_LO, GRID_HI = -12, 16  # half-octave steps around the anchor LR
 
@@ -175,7 +176,7 @@ def run_family(name: str, plan: tuple, seed: int) -> list[Row]:
         fork = ForkTestEstimator(steps=max(5, interval // 4))
         done = 0
         for frac in points:
-            target = int(round(frac * budget / interval)) * interval
+            target = round(frac * budget / interval) * interval
             if target > done:
                 stats = task.train(target - done, ref)
                 done = target
@@ -229,7 +230,7 @@ def summarise(rows: list[Row], rule: str, kappa: float | None = None) -> list[di
         overhead = float(np.mean(per)) / (EVERY * rs[0].interval)
         rec = {
             "family": fam, "rule": rule, "n": len(rs),
-            **{f"q{int(q * 100)}": float(np.quantile(ratios, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
+            **{f"q{int(q * 100)}": float(np.quantile(ratios, q)) for q in QUANTILES},
             "le1": float(np.mean(ratios <= 1)), "ge03": float(np.mean(ratios >= 0.3)),
             "kappa": k, "k_le1": float(np.mean(k * ratios <= 1)),
             "k_ge03": float(np.mean(k * ratios >= 0.3)),

@@ -341,7 +341,7 @@ class StabilityEstimator:
         return self._last
 
     def bound(self, task: Any) -> float:
-        """The amortised bound: re-measured on every ``every``-th call, cached in between."""
+        """Return the amortised bound: re-measured on every ``every``-th call, else cached."""
         if self._last is None or self._calls % self.every == 0:
             self.measure(task)
         self._calls += 1
@@ -361,10 +361,11 @@ class ForkTestEstimator:
     included, on the minibatches training would draw next) and is restored; the candidate
     passes when no step diverges and, over the last third of the fork, the minibatch losses
     stay below ``rise`` times those of the same minibatches at the snapshot's parameters
-    (a fork at LR 0, run once per measurement: pairing the batches cancels their noise). The search starts at the previous
-    result (warm start; first: ``anchor`` or the task's ``default_lr``), climbs while the
-    candidate passes (at most ``max_up`` grid steps) and descends while it fails. Works on
-    any :class:`~metasched.inner_tasks.base.InnerTask`; the cost is the fork steps run.
+    (a fork at LR 0, run once per measurement: pairing the batches cancels their noise).
+    The search starts at the previous result (warm start; first: ``anchor`` or the task's
+    ``default_lr``), climbs while the candidate passes (at most ``max_up`` grid steps) and
+    descends while it fails. Works on any :class:`~metasched.inner_tasks.base.InnerTask`;
+    the cost is the fork steps run.
 
     Args:
         steps: SGD steps per fork.
@@ -459,7 +460,7 @@ class ForkTestEstimator:
         return self._last
 
     def bound(self, task: Any) -> float:
-        """The amortised bound: re-measured on every ``every``-th call, cached in between."""
+        """Return the amortised bound: re-measured on every ``every``-th call, else cached."""
         if self._last is None or self._calls % self.every == 0:
             self.measure(task)
         self._calls += 1

@@ -14,6 +14,7 @@ import torch
 from metasched.inner_tasks import MLPConfig, MLPTask, NMFConfig, NMFTask, make_family
 from metasched.inner_tasks.torch_task import TorchTask
 from metasched.stability import (
+    ForkTestEstimator,
     StabilityEstimator,
     lanczos_top_eigenvalue,
     momentum_factor,
@@ -129,7 +130,7 @@ def test_momentum_factor_and_limits():
     assert momentum_factor(0.5, "heavy_ball") == pytest.approx(1.5)
     assert sgd_stability_limit(0.0) == math.inf
     assert sgd_stability_limit(math.inf) == 0.0
-    with pytest.raises(ValueError, match="1.0"):
+    with pytest.raises(ValueError, match=r"1\.0"):
         momentum_factor(1.0)
     with pytest.raises(ValueError, match="'adam'"):
         momentum_factor(0.1, "adam")
@@ -240,3 +241,37 @@ def test_benchmark_quick_mode_runs(tmp_path: Path):
     assert fams == {"mlp", "nmf"}
     for r in recs:
         assert r["n"] == 2 and r["q5"] > 0 and 0 <= r["le1"] <= 1 and r["overhead"] > 0
+
+
+def test_fork_test_brackets_quadratic_limit_and_leaves_task_untouched():
+    a = _spd(np.array([8.0, 1.0, 0.5]), seed=5)
+    task = QuadraticTask(a)
+    task.reset(np.random.default_rng(0))
+    snap = task.snapshot()
+    fork = ForkTestEstimator(steps=30, max_up=20)
+    m = fork.measure(task)
+    limit = 2.0 / 8.0
+    assert limit / 2**0.5 <= m.bound <= limit * 2**0.5
+    assert m.cost_steps == fork.cost_steps > 0
+    after = task.train(5, 0.01).losses
+    task.restore(snap)
+    assert np.array_equal(after, task.train(5, 0.01).losses)
+    task.restore(snap)
+    assert ForkTestEstimator(steps=30, max_up=20).measure(task) == m  # deterministic
+
+
+def test_fork_test_descends_when_start_is_unstable():
+    a = _spd(np.array([8.0, 1.0]), seed=6)
+    task = QuadraticTask(a)
+    task.reset(np.random.default_rng(0))
+    m = ForkTestEstimator(steps=30, anchor=64.0).measure(task)
+    assert 0.25 / 2**0.5 <= m.bound <= 0.25 * 2**0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"steps": 0}, "steps"), ({"rise": 1.0}, "rise"), ({"anchor": -1.0}, "anchor")],
+)
+def test_bad_fork_arguments(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        ForkTestEstimator(**kwargs)

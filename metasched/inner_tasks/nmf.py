@@ -452,7 +452,7 @@ class NMFTask(InnerTask, GradientTask, CurvatureTask):
     hvp_cost: float = 1.5
 
     def measured_lr_bound(self, estimator: StabilityEstimator | None = None) -> float:
-        """The measured bound ``2 / lam`` (minibatch-Hessian sharpness), for comparison.
+        """Measure the bound ``2 / lam`` (minibatch-Hessian sharpness), for comparison.
 
         :meth:`lr_bound` stays the analytic ``1/L``; this measures what
         :mod:`metasched.stability` measures on tasks without an analytic bound.

@@ -475,7 +475,7 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
 
     # -- measured stability bound (metasched.stability) --------------------------------------
     def lr_bound(self) -> float | None:
-        """The measured bound when :attr:`stability` holds an estimator (amortised), else None.
+        """Return the measured bound if :attr:`stability` holds an estimator (amortised), else None.
 
         Attach one with ``task.stability = StabilityEstimator(...)``; each call counts as one
         decision of the estimator's ``every``.
@@ -520,7 +520,7 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
         return matvec, sum(sizes), flat.dtype
 
     def stability_momentum(self) -> float:
-        """The task's EMA momentum."""
+        """Return the task's EMA momentum."""
         return self.momentum
 
     def hvp_step_cost(self) -> float:
