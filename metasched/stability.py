@@ -364,13 +364,16 @@ class ForkTestEstimator:
     (a fork at LR 0, run once per measurement: pairing the batches cancels their noise).
     The search starts at the previous result (warm start; first: ``anchor`` or the task's
     ``default_lr``), climbs while the candidate passes (at most ``max_up`` grid steps) and
-    descends while it fails. Works on any :class:`~metasched.inner_tasks.base.InnerTask`;
-    the cost is the fork steps run.
+    descends while it fails (the first measurement, without a warm start, may climb
+    ``max_up_cold`` steps). Works on any :class:`~metasched.inner_tasks.base.InnerTask`;
+    the cost is the fork steps run. :meth:`for_interval` sizes the fork for a decision
+    interval the way ``benchmarks/bench_stability.py`` validated it.
 
     Args:
         steps: SGD steps per fork.
         rise: loss ratio (fork over LR-0 fork, last third) that counts as blowing up.
-        max_up: grid steps climbed per measurement at most.
+        max_up: grid steps climbed per warm-started measurement at most.
+        max_up_cold: grid steps the first measurement may climb.
         every: :meth:`bound` re-measures on every ``every``-th call.
         anchor: LR the half-octave grid is aligned to (default: the task's ``default_lr``).
     """
@@ -381,10 +384,12 @@ class ForkTestEstimator:
         steps: int = 10,
         rise: float = 1.5,
         max_up: int = 3,
+        max_up_cold: int = 12,
         every: int = 5,
         anchor: float | None = None,
     ) -> None:
-        for name, value in (("steps", steps), ("max_up", max_up), ("every", every)):
+        checks = (("steps", steps), ("max_up", max_up), ("max_up_cold", max_up_cold))
+        for name, value in (*checks, ("every", every)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(rise, int | float) and rise > 1 and math.isfinite(rise)):
@@ -392,6 +397,7 @@ class ForkTestEstimator:
         if anchor is not None and not (math.isfinite(anchor) and anchor > 0):
             raise ValueError(f"anchor must be a positive finite LR, got {anchor!r}")
         self.steps, self.rise, self.max_up, self.every = steps, float(rise), max_up, every
+        self.max_up_cold = max_up_cold
         self.anchor = anchor
         self._k: int | None = None
         self._last: StabilityMeasurement | None = None
@@ -402,8 +408,17 @@ class ForkTestEstimator:
     def __repr__(self) -> str:
         return (
             f"ForkTestEstimator(steps={self.steps}, rise={self.rise}, max_up={self.max_up}, "
-            f"every={self.every}, anchor={self.anchor})"
+            f"max_up_cold={self.max_up_cold}, every={self.every}, anchor={self.anchor})"
         )
+
+    @classmethod
+    def for_interval(cls, steps_per_action: int, **kwargs: Any) -> ForkTestEstimator:
+        """Return the validated setting for a decision interval: forks of a quarter of it."""
+        if not isinstance(steps_per_action, int) or steps_per_action < 1:
+            raise ValueError(
+                f"steps_per_action must be a positive integer, got {steps_per_action!r}"
+            )
+        return cls(steps=max(5, steps_per_action // 4), **kwargs)
 
     def reset(self) -> None:
         """Forget the warm start, the cached bound and the cost counter."""
@@ -429,12 +444,13 @@ class ForkTestEstimator:
         anchor = self.anchor if self.anchor is not None else float(task.default_lr())
         snap = task.snapshot()
         base = np.asarray(task.train(self.steps, 0.0).losses, dtype=np.float64)
+        climbs = self.max_up if self._k is not None else self.max_up_cold
         k = 0 if self._k is None else self._k
         spent = len(base)
         ok, n = self._passes(task, snap, anchor * 2 ** (k / 2), base)
         spent += n
         if ok:
-            for _ in range(self.max_up):
+            for _ in range(climbs):
                 up, n = self._passes(task, snap, anchor * 2 ** ((k + 1) / 2), base)
                 spent += n
                 if not up:
