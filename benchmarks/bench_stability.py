@@ -25,10 +25,12 @@ and the estimator's overhead: Hessian-vector products per measurement times thei
 cost in SGD steps (timed interleaved with SGD steps at the same checkpoint, so machine load
 cancels), over the training steps between measurements (``every`` decisions of
 ``steps_per_action`` steps). kappa is chosen here, on these ``train`` checkpoints:
-the largest power-of-two fraction that puts >= 95% of ratios at or below 1.
+the largest half-octave fraction (1, 0.707, 0.5, ...) that puts >= 95% of ratios at or
+below 1.
 
 Every family gets 20-24 checkpoints; the slow ones (``fashion``, ``charlm``) only early in
-the run (``charlm``: its first 300 of 2000 steps). ``--quick`` runs 2 checkpoints of mlp and nmf (a smoke test).
+the run (``charlm``: its first 300 of 2000 steps). ``--quick`` runs 2 checkpoints of mlp
+and nmf (a smoke test).
 """
 
 from __future__ import annotations

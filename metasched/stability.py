@@ -359,9 +359,9 @@ class ForkTestEstimator:
 
     From a snapshot, the task trains ``steps`` steps at a candidate LR (its own SGD, momentum
     included, on the minibatches training would draw next) and is restored; the candidate
-    passes when no step diverges and, over the last third of the fork, the minibatch losses
-    stay below ``rise`` times those of the same minibatches at the snapshot's parameters
-    (a fork at LR 0, run once per measurement: pairing the batches cancels their noise).
+    passes when no step diverges and the 3-step running mean of its minibatch losses stays
+    below ``rise`` times that of the same minibatches at the snapshot's parameters (a fork at
+    LR 0, run once per measurement: pairing the batches cancels their noise) at every step.
     The search starts at the previous result (warm start; first: ``anchor`` or the task's
     ``default_lr``), climbs while the candidate passes (at most ``max_up`` grid steps) and
     descends while it fails (the first measurement, without a warm start, may climb
@@ -371,7 +371,7 @@ class ForkTestEstimator:
 
     Args:
         steps: SGD steps per fork.
-        rise: loss ratio (fork over LR-0 fork, last third) that counts as blowing up.
+        rise: loss ratio (fork over LR-0 fork, 3-step running means) that counts as blowing up.
         max_up: grid steps climbed per warm-started measurement at most.
         max_up_cold: grid steps the first measurement may climb.
         every: :meth:`bound` re-measures on every ``every``-th call.
@@ -436,8 +436,11 @@ class ForkTestEstimator:
         losses = np.asarray(stats.losses, dtype=np.float64)
         if stats.diverged or stats.n_done < self.steps or not np.isfinite(losses).all():
             return False, stats.n_done
-        third = max(1, self.steps // 3)
-        return bool(losses[-third:].sum() < self.rise * base[-third:].sum()), stats.n_done
+        k = min(3, self.steps)
+        window = np.ones(k) / k
+        fork = np.convolve(losses, window, mode="valid")
+        ref = np.convolve(base, window, mode="valid")
+        return bool(np.all(fork < self.rise * ref)), stats.n_done
 
     def measure(self, task: Any) -> StabilityMeasurement:
         """Search the grid from the previous result; the task is left as it was."""
