@@ -47,12 +47,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from metasched.errors import UnknownNameError, did_you_mean
+
 __all__ = [
+    "ESTIMATORS",
     "CurvatureTask",
     "ForkTestEstimator",
     "StabilityEstimator",
     "StabilityMeasurement",
     "lanczos_top_eigenvalue",
+    "make_estimator",
     "momentum_factor",
     "power_top_eigenvalue",
     "sgd_stability_limit",
@@ -485,3 +489,19 @@ class ForkTestEstimator:
         self._calls += 1
         assert self._last is not None
         return self._last.bound
+
+
+#: Stability-bound estimators by name (``"fork"`` is the default: it won the validation).
+ESTIMATORS: dict[str, type[ForkTestEstimator] | type[StabilityEstimator]] = {
+    "fork": ForkTestEstimator,
+    "hessian": StabilityEstimator,
+}
+
+
+def make_estimator(
+    name: str = "fork", **kwargs: Any
+) -> ForkTestEstimator | StabilityEstimator:
+    """Build the estimator registered as ``name`` (``"fork"`` or ``"hessian"``)."""
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise UnknownNameError(did_you_mean(str(name), ESTIMATORS, "stability estimator"))
+    return ESTIMATORS[name](**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from metasched.errors import UnknownNameError
 from metasched.inner_tasks import MLPConfig, MLPTask, NMFConfig, NMFTask, make_family
 from metasched.inner_tasks.torch_task import TorchTask
 from metasched.stability import (
     ForkTestEstimator,
     StabilityEstimator,
     lanczos_top_eigenvalue,
+    make_estimator,
     momentum_factor,
     power_top_eigenvalue,
     sgd_stability_limit,
@@ -228,11 +231,12 @@ def test_nmf_hessian_operator_matches_finite_differences():
     np.testing.assert_allclose(mv(torch.from_numpy(v)).numpy(), fd, rtol=1e-5, atol=1e-9)
 
 
-def test_benchmark_quick_mode_runs(tmp_path: Path):
+def test_benchmark_quick_mode_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stability.py"
     spec = importlib.util.spec_from_file_location("bench_stability", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up
     spec.loader.exec_module(mod)
     out = tmp_path / "rows.csv"
     recs = mod.main(["--quick", "--csv", str(out)])
@@ -275,3 +279,10 @@ def test_fork_test_descends_when_start_is_unstable():
 def test_bad_fork_arguments(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         ForkTestEstimator(**kwargs)
+
+
+def test_make_estimator_by_name():
+    assert isinstance(make_estimator(), ForkTestEstimator)
+    assert isinstance(make_estimator("hessian", n_batches=1), StabilityEstimator)
+    with pytest.raises(UnknownNameError, match="did you mean 'fork'"):
+        make_estimator("forks")

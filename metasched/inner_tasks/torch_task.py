@@ -54,7 +54,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metasched.inner_tasks.base import InnerTask, StepStats
 from metasched.inner_tasks.gradients import GradientTask, HyperparameterTask, UpdateResult
-from metasched.stability import CurvatureTask, MatVec, StabilityEstimator
+from metasched.stability import (
+    CurvatureTask,
+    ForkTestEstimator,
+    MatVec,
+    StabilityEstimator,
+)
 
 __all__ = [
     "ArrayClassificationTask",
@@ -234,7 +239,8 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
         self.data_gen = torch.Generator().manual_seed(0)
         self._ref_loss = 1.0
         self._eval_cache: float | None = None  # evaluate() at unchanged parameters
-        self.stability: StabilityEstimator | None = None  # lr_bound() measures when set
+        #: when set, lr_bound() returns its (amortised) measured bound
+        self.stability: ForkTestEstimator | StabilityEstimator | None = None
 
     def _setup(self) -> None:
         """Collect the trainable parameters of :attr:`model` and their momentum buffers."""
@@ -477,17 +483,23 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
     def lr_bound(self) -> float | None:
         """Return the measured bound if :attr:`stability` holds an estimator (amortised), else None.
 
-        Attach one with ``task.stability = StabilityEstimator(...)``; each call counts as one
-        decision of the estimator's ``every``.
+        Attach one with ``task.stability = make_estimator("fork")`` (or ``"hessian"``, see
+        :mod:`metasched.stability`); each call counts as one decision of its ``every``.
         """
         if self.stability is None:
             return None
         with _threads(self.num_threads):
             return self.stability.bound(self)
 
-    def measured_lr_bound(self, estimator: StabilityEstimator | None = None) -> float:
-        """Measure the stability bound now (with ``estimator``, default :attr:`stability`)."""
-        est = estimator or self.stability or StabilityEstimator()
+    def measured_lr_bound(
+        self, estimator: ForkTestEstimator | StabilityEstimator | None = None
+    ) -> float:
+        """Measure the stability bound now.
+
+        Uses ``estimator``, else :attr:`stability`, else a fresh
+        :class:`~metasched.stability.ForkTestEstimator` (the validated default).
+        """
+        est = estimator or self.stability or ForkTestEstimator()
         with _threads(self.num_threads):
             return est.measure(self).bound
 

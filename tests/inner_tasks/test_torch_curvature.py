@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 
 from metasched.inner_tasks import CharLMConfig, CharLMTask, MLPConfig, MLPTask
-from metasched.stability import StabilityEstimator
+from metasched.stability import ForkTestEstimator, StabilityEstimator
 
 
 def _mlp(momentum: float = 0.0, weight_decay: float = 0.0) -> MLPTask:
@@ -78,3 +78,18 @@ def test_charlm_hessian_vector_products_work():
     task.reset(np.random.default_rng(0))
     m = StabilityEstimator(n_batches=1, max_iter=4, generator=0).measure(task)
     assert 0 < m.bound < math.inf and m.n_hvp >= 1
+
+
+def test_default_measurement_is_the_fork_test_and_replays_training():
+    task = _mlp(momentum=0.5)
+    snap = task.snapshot()
+    bound = task.measured_lr_bound()
+    # the fork test searches a half-octave grid anchored at the reference LR
+    k = 2 * math.log2(bound / task.reference_lr)
+    assert k == pytest.approx(round(k), abs=1e-9)
+    after = task.train(10, 0.1).losses
+    task.restore(snap)
+    assert np.array_equal(after, task.train(10, 0.1).losses)
+    task.stability = ForkTestEstimator(steps=5, every=2)
+    assert task.lr_bound() == task.lr_bound()
+    assert task.stability.n_measurements == 1
