@@ -51,7 +51,9 @@ from metasched.inner_tasks import make_family
 from metasched.stability import ForkTestEstimator, StabilityEstimator, momentum_factor
 
 RULES = ("ema", "heavy_ball", "none")
-ESTIMATORS = (*RULES, "fork")
+#: fork tests by loss-rise threshold (the default ``rise`` of ForkTestEstimator is 2)
+RISES = {"fork1.5": 1.5, "fork2": 2.0, "fork3": 3.0}
+ESTIMATORS = (*RULES, *RISES)
 #: (instances, points along the run as fractions of the budget, budget cap) per family
 PLAN = {
     "mlp": (6, (0.0, 0.25, 0.5, 0.75), None),
@@ -62,7 +64,7 @@ PLAN = {
 }
 QUICK = {"mlp": (1, (0.0, 0.5), 200), "nmf": (1, (0.0, 0.5), 400)}
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-EVERY = 5  # decisions between measurements (the amortisation the overhead assumes)
+EVERY = 10  # decisions between measurements (the amortisation the overhead assumes)
 GRID_LO, GRID_HI = -12, 16  # half-octave steps around the anchor LR
 
 
@@ -80,8 +82,12 @@ class Row:
     bound_ema: float
     bound_heavy_ball: float
     bound_none: float
-    bound_fork: float
-    fork_steps: float
+    bound_fork1_5: float
+    bound_fork2: float
+    bound_fork3: float
+    steps_fork1_5: float
+    steps_fork2: float
+    steps_fork3: float
     analytic: float
     n_hvp: int
     hvp_cost: float
@@ -183,7 +189,7 @@ def run_family(name: str, plan: tuple, seed: int) -> list[Row]:
         task.reset(np.random.default_rng(1000 + i))
         ref = task.default_lr()
         est = StabilityEstimator(generator=np.random.default_rng(i), momentum_aware=False)
-        fork = ForkTestEstimator.for_interval(interval)
+        forks = {k: ForkTestEstimator.for_interval(interval, rise=r) for k, r in RISES.items()}
         done = 0
         for frac in points:
             target = round(frac * budget / interval) * interval
@@ -197,7 +203,7 @@ def run_family(name: str, plan: tuple, seed: int) -> list[Row]:
             mu = float(getattr(task, "momentum", 0.0))
             analytic = task.lr_bound() if name == "nmf" else math.nan
             anchor = ref if name != "nmf" else 0.5 * task.lr_bound()
-            fm = fork.measure(task)
+            fms = {k.replace(".", "_"): f.measure(task) for k, f in forks.items()}
             ms = max_stable_lr(task, anchor, interval)
             bounds = {r: m.bound * (momentum_factor(mu, r) if r != "none" else 1.0)
                       for r in RULES}
@@ -206,13 +212,15 @@ def run_family(name: str, plan: tuple, seed: int) -> list[Row]:
                     family=name, instance=task.name, split=split, step=done, momentum=mu,
                     max_stable=ms, sharpness=m.sharpness, bound_ema=bounds["ema"],
                     bound_heavy_ball=bounds["heavy_ball"], bound_none=bounds["none"],
-                    bound_fork=fm.bound, fork_steps=fm.cost_steps,
+                    **{f"bound_{k}": fm.bound for k, fm in fms.items()},
+                    **{f"steps_{k}": fm.cost_steps for k, fm in fms.items()},
                     analytic=analytic, n_hvp=n_hvp, hvp_cost=ratio, interval=interval,
                 )
             )
             print(
                 f"  {name} {task.name} step {done}: max stable {ms:.3g}, bound(none) "
-                f"{m.bound:.3g}, fork {fm.bound:.3g}, mu {mu}, {n_hvp} HVPs x {ratio:.2f} steps",
+                f"{m.bound:.3g}, fork2 {fms['fork2'].bound:.3g}, mu {mu}, "
+                f"{n_hvp} HVPs x {ratio:.2f} steps",
                 flush=True,
             )
     return rows
@@ -231,10 +239,12 @@ def summarise(rows: list[Row], rule: str, kappa: float | None = None) -> list[di
     out = []
     for fam in dict.fromkeys(r.family for r in rows):
         rs = [r for r in rows if r.family == fam and r.max_stable > 0]
-        ratios = np.array([getattr(r, f"bound_{rule}") / r.max_stable for r in rs])
+        col = f"bound_{rule.replace('.', '_')}"
+        ratios = np.array([getattr(r, col) / r.max_stable for r in rs])
         k = choose_kappa(ratios) if kappa is None else kappa
-        if rule == "fork":
-            per = np.array([r.fork_steps for r in rs])
+        key = rule.replace(".", "_")
+        if rule in RISES:
+            per = np.array([getattr(r, f"steps_{key}") for r in rs])
         else:
             per = np.array([r.n_hvp * r.hvp_cost for r in rs])
         overhead = float(np.mean(per)) / (EVERY * rs[0].interval)
@@ -244,8 +254,8 @@ def summarise(rows: list[Row], rule: str, kappa: float | None = None) -> list[di
             "le1": float(np.mean(ratios <= 1)), "ge03": float(np.mean(ratios >= 0.3)),
             "kappa": k, "k_le1": float(np.mean(k * ratios <= 1)),
             "k_ge03": float(np.mean(k * ratios >= 0.3)),
-            "hvp_per_meas": float(np.mean([r.n_hvp for r in rs])) if rule != "fork" else 0.0,
-            "hvp_cost": float(np.median([r.hvp_cost for r in rs])) if rule != "fork" else 0.0,
+            "hvp_per_meas": float(np.mean([r.n_hvp for r in rs])) if rule not in RISES else 0.0,
+            "hvp_cost": float(np.median([r.hvp_cost for r in rs])) if rule not in RISES else 0.0,
             "steps_per_meas": float(np.mean(per)),
             "overhead": overhead,
         }

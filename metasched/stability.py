@@ -386,10 +386,10 @@ class ForkTestEstimator:
         self,
         *,
         steps: int = 10,
-        rise: float = 1.5,
+        rise: float = 2.0,
         max_up: int = 3,
         max_up_cold: int = 12,
-        every: int = 5,
+        every: int = 10,
         anchor: float | None = None,
     ) -> None:
         checks = (("steps", steps), ("max_up", max_up), ("max_up_cold", max_up_cold))
