@@ -449,7 +449,7 @@ class NMFTask(InnerTask, GradientTask, CurvatureTask):
 
     # -- measured stability bound (metasched.stability), beside the analytic one -----------
     #: one Hessian-vector product in SGD-step units (benchmarks/bench_stability.py measures it)
-    hvp_cost: float = 1.5
+    hvp_cost: float = 3.5
 
     def measured_lr_bound(self, estimator: StabilityEstimator | None = None) -> float:
         """Measure the bound ``2 / lam`` (minibatch-Hessian sharpness), for comparison.

@@ -209,7 +209,7 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
 
     model: nn.Module
     #: one Hessian-vector product in SGD-step units (benchmarks/bench_stability.py measures it)
-    hvp_cost: float = 2.0
+    hvp_cost: float = 3.0
 
     def __init__(
         self,
