@@ -33,6 +33,7 @@ import torch
 
 from metasched.inner_tasks.base import InnerTask, StepStats, TaskFamily, check_split
 from metasched.inner_tasks.gradients import GradientTask, StepSize, UpdateResult
+from metasched.stability import CurvatureTask, MatVec, StabilityEstimator
 
 __all__ = ["NMFConfig", "NMFFamily", "NMFTask", "planted_matrix"]
 
@@ -105,7 +106,7 @@ def planted_matrix(config: NMFConfig) -> np.ndarray:
     return v
 
 
-class NMFTask(InnerTask, GradientTask):
+class NMFTask(InnerTask, GradientTask, CurvatureTask):
     """Stochastic projected-SGD NMF on one matrix (see the module docstring for the maths).
 
     Args:
@@ -498,6 +499,50 @@ class NMFTask(InnerTask, GradientTask):
         if signal + noise <= 0:
             return 2.0 / L
         return 2.0 * signal / (L * (signal + noise))
+
+    # -- measured stability bound (metasched.stability), beside the analytic one -----------
+    #: one Hessian-vector product in SGD-step units (benchmarks/bench_stability.py measures it)
+    hvp_cost: float = 3.5
+
+    def measured_lr_bound(self, estimator: StabilityEstimator | None = None) -> float:
+        """Measure the bound ``2 / lam`` (minibatch-Hessian sharpness), for comparison.
+
+        :meth:`lr_bound` stays the analytic ``1/L``; this measures what
+        :mod:`metasched.stability` measures on tasks without an analytic bound.
+        """
+        return (estimator or StabilityEstimator()).measure(self).bound
+
+    def curvature_batches(self, n: int, generator: torch.Generator) -> list[Any]:
+        """Draw ``n`` row minibatches from ``generator`` (the training stream is untouched)."""
+        rows = torch.randint(self.m, (n, self.batch_size), generator=generator).numpy()
+        return [rows[i].astype(np.intp) for i in range(n)]
+
+    def hessian_operator(self, batch: Any) -> tuple[MatVec, int, torch.dtype]:
+        """Hessian of the minibatch loss in ``(W_B, H)``, the W rows scaled by ``M = b``.
+
+        With ``R = W_B H - V_B`` and ``u = M^(1/2) v``: ``dR = u_W H + W_B u_H``,
+        ``H u = ((dR H^T + R u_H^T), (u_W^T R + W_B^T dR)) / (b n)``; the W block of
+        ``M^(1/2) H M^(1/2)`` is then ``H H^T / n`` per row, as in ``L_W``.
+        """
+        b, n, r = self.batch_size, self.n, self.rank
+        wb, H = self.W[batch], self.H
+        R = wb @ H - self.V[batch]
+        sb, scale = math.sqrt(b), 1.0 / (b * n)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            x = v.numpy()
+            uw = x[: b * r].reshape(b, r) * sb
+            uh = x[b * r :].reshape(r, n)
+            dr = uw @ H + wb @ uh
+            hw = (dr @ H.T + R @ uh.T) * (scale * sb)
+            hh = (uw.T @ R + wb.T @ dr) * scale
+            return torch.from_numpy(np.concatenate((hw.ravel(), hh.ravel())))
+
+        return matvec, b * r + r * n, torch.float64
+
+    def hvp_step_cost(self) -> float:
+        """One Hessian-vector product in SGD steps (``hvp_cost``)."""
+        return self.hvp_cost
 
     def default_lr(self) -> float:
         """Half the deterministic-safe rate at the current point."""

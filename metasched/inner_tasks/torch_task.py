@@ -53,9 +53,16 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metasched.inner_tasks.base import InnerTask, StepStats
 from metasched.inner_tasks.gradients import GradientTask, HyperparameterTask, UpdateResult
+from metasched.stability import (
+    CurvatureTask,
+    ForkTestEstimator,
+    MatVec,
+    StabilityEstimator,
+)
 
 __all__ = [
     "ArrayClassificationTask",
@@ -178,7 +185,7 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-class TorchTask(InnerTask, GradientTask, HyperparameterTask):
+class TorchTask(InnerTask, GradientTask, HyperparameterTask, CurvatureTask):
     """An :class:`InnerTask` that trains a torch ``nn.Module`` with minibatch SGD.
 
     It also implements the optional capabilities of :mod:`metasched.inner_tasks.gradients`:
@@ -207,6 +214,8 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
     """
 
     model: nn.Module
+    #: one Hessian-vector product in SGD-step units (benchmarks/bench_stability.py measures it)
+    hvp_cost: float = 3.0
 
     def __init__(
         self,
@@ -238,6 +247,8 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
         self.data_gen = torch.Generator().manual_seed(0)
         self._ref_loss = 1.0
         self._eval_cache: float | None = None  # evaluate() at unchanged parameters
+        #: when set, lr_bound() returns its (amortised) measured bound
+        self.stability: ForkTestEstimator | StabilityEstimator | None = None
 
     def _setup(self) -> None:
         """Collect the trainable parameters of :attr:`model` and their momentum buffers."""
@@ -475,6 +486,66 @@ class TorchTask(InnerTask, GradientTask, HyperparameterTask):
             self.momentum = check_fraction("momentum", values["momentum"])
         if "weight_decay" in values:
             self.weight_decay = check_nonneg_float("weight_decay", values["weight_decay"])
+
+    # -- measured stability bound (metasched.stability) --------------------------------------
+    def lr_bound(self) -> float | None:
+        """Return the measured bound if :attr:`stability` holds an estimator (amortised), else None.
+
+        Attach one with ``task.stability = make_estimator("fork")`` (or ``"hessian"``, see
+        :mod:`metasched.stability`); each call counts as one decision of its ``every``.
+        """
+        if self.stability is None:
+            return None
+        with _threads(self.num_threads):
+            return self.stability.bound(self)
+
+    def measured_lr_bound(
+        self, estimator: ForkTestEstimator | StabilityEstimator | None = None
+    ) -> float:
+        """Measure the stability bound now.
+
+        Uses ``estimator``, else :attr:`stability`, else a fresh
+        :class:`~metasched.stability.ForkTestEstimator` (the validated default).
+        """
+        est = estimator or self.stability or ForkTestEstimator()
+        with _threads(self.num_threads):
+            return est.measure(self).bound
+
+    def curvature_batches(self, n: int, generator: torch.Generator) -> list[Any]:
+        """Draw ``n`` training minibatches from ``generator`` (not from :attr:`data_gen`)."""
+        saved = self.data_gen
+        self.data_gen = generator
+        try:
+            draws = self.draw_batches(n)
+        finally:
+            self.data_gen = saved
+        return [(draws, t) for t in range(n)]
+
+    def hessian_operator(self, batch: Any) -> tuple[MatVec, int, torch.dtype]:
+        """Minibatch Hessian (plus weight decay) by double backward through :meth:`batch_loss`."""
+        draws, t = batch
+        params = self.params
+        # the fused CPU attention kernels have no double backward; the math kernel has
+        with sdpa_kernel(SDPBackend.MATH):
+            grads = torch.autograd.grad(self.batch_loss(draws, t), params, create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        sizes = [p.numel() for p in params]
+        wd = self.weight_decay
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            hv = torch.autograd.grad(flat, params, grad_outputs=v, retain_graph=True)
+            out = torch.cat([h.reshape(-1) for h in hv]).detach()
+            return out + wd * v if wd else out
+
+        return matvec, sum(sizes), flat.dtype
+
+    def stability_momentum(self) -> float:
+        """Return the task's EMA momentum."""
+        return self.momentum
+
+    def hvp_step_cost(self) -> float:
+        """One Hessian-vector product in SGD steps (``hvp_cost``, measured per family)."""
+        return self.hvp_cost
 
 
 def is_plain_mlp(task: TorchTask) -> bool:
