@@ -134,7 +134,7 @@ def make_train_env(cfg: TrainConfig, seed: int) -> Any:
 
 
 def _batched_env(cfg: TrainConfig, seed: int) -> Any:
-    """The batched VecEnv of ``cfg``: NMF's, or the stacked one of the network families."""
+    """Build the batched VecEnv of ``cfg``: NMF's, or the stacked one of the network families."""
     import inspect
 
     from metasched.envs.batched import BatchedNMFVecEnv
