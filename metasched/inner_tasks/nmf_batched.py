@@ -68,6 +68,7 @@ from metasched.inner_tasks.nmf import NMFFamily, NMFTask
 
 __all__ = [
     "KERNELS",
+    "RNG_MODES",
     "BatchedNMF",
     "BatchedStepStats",
     "BucketedNMF",
@@ -77,6 +78,8 @@ __all__ = [
 
 #: Step kernels of :class:`BatchedNMF` (see the module docstring).
 KERNELS: tuple[str, ...] = ("exact", "fast")
+#: Where the minibatches and gradient noise come from (see the module docstring).
+RNG_MODES: tuple[str, ...] = ("per_slot", "shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,11 @@ class BatchedNMF:
             loss, or a non-finite one, counts as divergence; so does a collapse to zero.
         update_cap: if set, each entry's update is limited to ``[-cap, cap]`` (counted).
         kernel: ``"exact"`` (default) or ``"fast"`` (see the module docstring).
+        rng: ``"per_slot"`` (default): every slot draws its minibatches and noise from its own
+            generators, as the single task does; ``"shared"``: one draw per call for the
+            whole batch from the batch's own generators (seeded by ``rng_seed``), slot ``k``
+            taking block ``k`` of it (see the module docstring).
+        rng_seed: seed of the shared generators (``rng="shared"`` only).
     """
 
     def __init__(
@@ -200,8 +208,12 @@ class BatchedNMF:
         divergence_factor: float = 1e3,
         update_cap: float | None = None,
         kernel: str = "exact",
+        rng: str = "per_slot",
+        rng_seed: int = 0,
     ) -> None:
         B = _check_int("n_slots", n_slots)
+        if rng not in RNG_MODES:
+            raise ValueError(f"rng must be one of {', '.join(RNG_MODES)}, got {rng!r}")
         if len(max_shape) != 4:
             raise ValueError(f"max_shape must be (M, N, R, Bmax), got {max_shape!r}")
         M, N, R, P = (_check_int(f"max_shape[{i}]", v) for i, v in enumerate(max_shape))
@@ -218,6 +230,10 @@ class BatchedNMF:
         self.kernel = _check_kernel(kernel)
         # the fast kernel keeps -V (it gathers -V_B straight into the residual buffer)
         self._v_sign = 1.0 if kernel == "exact" else -1.0
+        self.rng = rng
+        seeds = np.random.SeedSequence(int(rng_seed)).generate_state(2, dtype=np.uint64)
+        self._shared_rng = np.random.default_rng(int(seeds[0]))
+        self._shared_noise = torch.Generator().manual_seed(int(seeds[1]) >> 1)
         self._loads = 0
         self.n_slots = 0
         self._alloc(B)
@@ -573,6 +589,8 @@ class BatchedNMF:
             ``(T, hi, R, Bmax)``) and of H (``(T, hi, R, N)``), ``None`` when no slot is
             noisy. The fast kernel gets the noise pre-multiplied by ``sigma / sqrt(r)``.
         """
+        if self.rng == "shared":
+            return self._draw_shared(n_steps, slots, hi)
         M, N, R, P = self.max_shape
         T = n_steps
         read = np.full((T, hi, P), self._zero_row, dtype=np.int64)
@@ -607,6 +625,52 @@ class BatchedNMF:
         write = np.where(keep, read, self._scratch[:hi].reshape(1, -1))
         if noise_w is not None:
             noise_w, noise_h = noise_w[:, :hi], noise_h[:, :hi]
+        return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
+
+    def _draw_shared(
+        self, n_steps: int, slots: np.ndarray, hi: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`_draw` of ``rng="shared"``: one draw for the whole batch, block k per slot.
+
+        ``(T, B, Bmax)`` uniforms give the rows (slot ``k`` row ``floor(u m_k)`` of its
+        first ``b_k`` positions, as the single task turns its uniforms into rows) and one
+        ``(T, B, R, Bmax + N)`` normal draw gives the noise, zeroed on padding and on
+        noiseless slots. Slot ``k``'s stream is thus a fixed function of the batch seed, the
+        call sequence, the batch size ``B`` and its position ``k``, whatever else is loaded.
+        """
+        M, N, R, P = self.max_shape
+        T = n_steps
+        live = np.zeros(hi, dtype=bool)
+        live[slots] = True
+        ms, bs, rs, ns = self._m[:hi], self._b[:hi], self._r[:hi], self._n[:hi]
+        # drawn for every slot (not only the first hi), so a slot's stream does not depend
+        # on which other slots are loaded
+        u = self._shared_rng.random((T, self.n_slots, P))[:, :hi]
+        u *= ms[None, :, None]
+        rows = u.astype(np.int64)  # truncates, as the single task's astype(np.intp) does
+        rows += (np.arange(hi, dtype=np.int64) * M)[None, :, None]
+        valid = (np.arange(P)[None, :] < bs[:, None]) & live[:, None]
+        read = np.where(valid[None], rows, self._zero_row).reshape(T, hi * P)
+        keep = _last_draws(read, self._zero_row + 1) & (read != self._zero_row)
+        write = np.where(keep, read, self._scratch[:hi].reshape(1, -1))
+        noise_w = noise_h = None
+        sigma = self._sigma[:hi]
+        noisy = live & (sigma > 0)
+        if noisy.any():
+            fast = self.kernel == "fast"
+            dt = self.dtype if fast else torch.float32
+            z = torch.randn(T, self.n_slots, R, P + N, generator=self._shared_noise, dtype=dt)
+            z = z[:, :hi]
+            scale = np.where(noisy, sigma / np.sqrt(rs), 0.0) if fast else noisy * 1.0
+            r_ok = np.arange(R)[None, :] < rs[:, None]
+            mask_w = (r_ok[:, :, None] & (np.arange(P)[None, None, :] < bs[:, None, None])) * (
+                scale[:, None, None]
+            )
+            mask_h = (r_ok[:, :, None] & (np.arange(N)[None, None, :] < ns[:, None, None])) * (
+                scale[:, None, None]
+            )
+            noise_w = z[..., :P] * torch.from_numpy(mask_w).to(dt)
+            noise_h = z[..., P:] * torch.from_numpy(mask_h).to(dt)
         return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
 
     def train(
@@ -1033,6 +1097,8 @@ class BucketedNMF:
         dtype, divergence_factor, update_cap, kernel: as for :class:`BatchedNMF`
             (``kernel`` defaults to ``"fast"`` here).
         capacity: initial slots per class (default: enough for an even spread, plus slack).
+        rng, rng_seed: as for :class:`BatchedNMF`; with ``"shared"`` each class draws for
+            all its problems at once (class ``g`` seeded from ``(rng_seed, g)``).
     """
 
     def __init__(
@@ -1045,6 +1111,8 @@ class BucketedNMF:
         update_cap: float | None = None,
         kernel: str = "fast",
         capacity: int | None = None,
+        rng: str = "per_slot",
+        rng_seed: int = 0,
     ) -> None:
         B = _check_int("n_slots", n_slots)
         boxes = [tuple(int(v) for v in c) for c in classes]
@@ -1064,8 +1132,10 @@ class BucketedNMF:
                 divergence_factor=divergence_factor,
                 update_cap=update_cap,
                 kernel=kernel,
+                rng=rng,
+                rng_seed=int(np.random.SeedSequence([int(rng_seed), g]).generate_state(1)[0]),
             )
-            for box in self.classes
+            for g, box in enumerate(self.classes)
         ]
         self.dtype = dtype
         self.kernel = kernel
