@@ -74,23 +74,43 @@ def _init_like_reset(task: TorchTask, generator: np.random.Generator) -> torch.G
     return data_gen
 
 
-def _zeros_like_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.zeros((rows, *x.shape[1:]), dtype=x.dtype)
-
-
 class _MLPBucket:
-    """Stacked Linear/ReLU classifiers of one architecture (see the module docstring)."""
+    """Stacked Linear/ReLU classifiers of one architecture (see the module docstring).
+
+    All parameters live in one flat tensor :attr:`p` (and the momentum in :attr:`buf`):
+    one contiguous ``(capacity, out, in)`` block per weight and ``(capacity, out)`` per bias,
+    so the layers are plain views and the optimizer (weight decay, EMA momentum, update) is
+    one operation on the whole tensor, with per-position rates spread per entry.
+    """
 
     def __init__(self, dims: Sequence[int], dtype: torch.dtype, capacity: int = 4) -> None:
         self.dims = tuple(int(d) for d in dims)
         self.dtype = dtype
         self.members: list[int] = []  # env slot of each position
         self.gens: list[torch.Generator] = []
+        self.shapes: list[tuple[int, ...]] = []
+        for i in range(len(self.dims) - 1):
+            self.shapes += [(self.dims[i + 1], self.dims[i]), (self.dims[i + 1],)]
+        self.size = sum(math.prod(s) for s in self.shapes)
         self.cap = 0
         self.n_train_max = 1
         self.n_val_max = 1
         self.batch_max = 1
         self._alloc(capacity)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Return the ``(capacity, *shape)`` blocks (weight, bias, weight, ...) of a flat tensor."""
+        out, off = [], 0
+        for shape in self.shapes:
+            n = self.cap * math.prod(shape)
+            out.append(flat[off : off + n].view(self.cap, *shape))
+            off += n
+        return out
+
+    def spread(self, values: np.ndarray) -> torch.Tensor:
+        """Return a flat tensor holding ``values[pos]`` at every entry of position ``pos``."""
+        v = torch.as_tensor(values, dtype=self.dtype).view(self.cap, 1)
+        return torch.cat([v.expand(self.cap, math.prod(s)).reshape(-1) for s in self.shapes])
 
     # -- storage ---------------------------------------------------------------------------
     def _alloc(self, cap: int) -> None:
@@ -98,10 +118,9 @@ class _MLPBucket:
         d, dt = self.dims, self.dtype
         k = len(self.members)
         old = self.__dict__.copy() if self.cap else None
-        self.w = [torch.zeros(cap, d[i + 1], d[i], dtype=dt) for i in range(len(d) - 1)]
-        self.b = [torch.zeros(cap, d[i + 1], dtype=dt) for i in range(len(d) - 1)]
-        self.bw = [torch.zeros_like(t) for t in self.w]
-        self.bb = [torch.zeros_like(t) for t in self.b]
+        self.p = torch.zeros(cap * self.size, dtype=dt)
+        self.buf = torch.zeros(cap * self.size, dtype=dt)
+        self.grads = torch.zeros(cap * self.size, dtype=dt)
         self.x = torch.zeros(cap, self.n_train_max, d[0], dtype=dt)
         self.y = torch.zeros(cap, self.n_train_max, dtype=torch.long)
         self.xv = torch.zeros(cap, self.n_val_max, d[0], dtype=dt)
@@ -112,10 +131,16 @@ class _MLPBucket:
         self.mu = np.zeros(cap)
         self.wd = np.zeros(cap)
         self.limit = np.full(cap, np.inf)
+        old_cap = self.cap
+        self.cap = cap
         if old is not None and k:
-            for name in ("w", "b", "bw", "bb"):
-                for new, prev in zip(getattr(self, name), old[name], strict=True):
-                    new[:k] = prev[:k]
+            self.cap = old_cap
+            old_blocks = [self.views(old["p"]), self.views(old["buf"])]
+            self.cap = cap
+            new_blocks = [self.views(self.p), self.views(self.buf)]
+            for new, prev in zip(new_blocks, old_blocks, strict=True):
+                for a, b in zip(new, prev, strict=True):
+                    a[:k] = b[:k]
             for name in ("x", "y", "xv", "yv", "vw"):
                 prev = old[name]
                 getattr(self, name)[:k, : prev.shape[1]] = prev[:k]
@@ -137,22 +162,21 @@ class _MLPBucket:
             self._alloc(2 * self.cap)
         self.members.append(slot)
         self.gens.append(data_gen)
-        params = task.params
         with torch.no_grad():
-            for i in range(len(self.w)):
-                self.w[i][pos] = params[2 * i]
-                self.b[i][pos] = params[2 * i + 1]
-                self.bw[i][pos] = 0.0
-                self.bb[i][pos] = 0.0
+            for block, buf, param in zip(
+                self.views(self.p), self.views(self.buf), task.params, strict=True
+            ):
+                block[pos] = param
+                buf[pos] = 0.0
             n, nv = len(task.x_train), len(task.x_val)
-            self.x[pos].zero_()
-            self.x[pos, :n] = task.x_train
-            self.y[pos].zero_()
-            self.y[pos, :n] = task.y_train
-            self.xv[pos].zero_()
-            self.xv[pos, :nv] = task.x_val
-            self.yv[pos].zero_()
-            self.yv[pos, :nv] = task.y_val
+            for dst, src, count in (
+                (self.x, task.x_train, n),
+                (self.y, task.y_train, n),
+                (self.xv, task.x_val, nv),
+                (self.yv, task.y_val, nv),
+            ):
+                dst[pos].zero_()
+                dst[pos, :count] = src
             self.vw[pos].zero_()
             self.vw[pos, :nv] = 1.0 / nv
         self.n_train[pos] = n
@@ -172,9 +196,8 @@ class _MLPBucket:
         last = len(self.members) - 1
         moved = None
         if pos != last:
-            for group in (self.w, self.b, self.bw, self.bb):
-                for t in group:
-                    t[pos] = t[last]
+            for t in (*self.views(self.p), *self.views(self.buf)):
+                t[pos] = t[last]
             for t in (self.x, self.y, self.xv, self.yv, self.vw):
                 t[pos] = t[last]
             for a in (self.n_train, self.batch, self.mu, self.wd, self.limit):
@@ -189,15 +212,15 @@ class _MLPBucket:
 
     # -- computation ----------------------------------------------------------------------
     def _forward(
-        self, k: int, x: torch.Tensor
+        self, weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Layer inputs, pre-activations and log-probabilities of ``x`` ``(k, rows, in)``."""
         acts, pre = [x], []
-        n_layers = len(self.w)
-        for i in range(n_layers):
-            z = torch.baddbmm(self.b[i][:k].unsqueeze(1), acts[-1], self.w[i][:k].transpose(1, 2))
+        last = len(weights) - 1
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            z = torch.baddbmm(b.unsqueeze(1), acts[-1], w.transpose(1, 2))
             pre.append(z)
-            if i < n_layers - 1:
+            if i < last:
                 acts.append(torch.relu(z))
         return acts, pre, torch.log_softmax(pre[-1], dim=2)
 
@@ -226,57 +249,50 @@ class _MLPBucket:
         idx, rows = self._draws(k, T)
         xs = self.x.view(-1, self.dims[0])
         ys = self.y.view(-1)
-        shape3 = (k, 1, 1)
-        rate = torch.as_tensor(lr[:k], dtype=self.dtype)
-        rate_w, rate_b = rate.view(shape3), rate.view(k, 1)
+        dt = self.dtype
+        pad = np.zeros(self.cap - k)
+        rate = self.spread(np.concatenate([lr[:k], pad]))
         momentum = bool(np.any(self.mu[:k] > 0))
         decay = bool(np.any(self.wd[:k] > 0))
-        keep = torch.as_tensor(1.0 - self.mu[:k], dtype=self.dtype)
-        wd = torch.as_tensor(self.wd[:k], dtype=self.dtype)
-        losses = torch.empty(T, k, dtype=self.dtype)
-        g2 = torch.empty(T, k, dtype=self.dtype)
-        weights, biases = [w[:k] for w in self.w], [b[:k] for b in self.b]
-        bufs_w, bufs_b = [w[:k] for w in self.bw], [b[:k] for b in self.bb]
+        keep = self.spread(1.0 - self.mu)
+        wd = self.spread(self.wd)
+        losses = torch.empty(T, k, dtype=dt)
+        g2 = torch.zeros(T, k, dtype=dt)
+        params, bufs, grads = self.p, self.buf, self.grads
+        grads.zero_()  # unused positions stay finite
+        blocks = [b[:k] for b in self.views(params)]
+        weights, biases = blocks[0::2], blocks[1::2]
+        gblocks = [b[:k] for b in self.views(grads)]
+        gw, gb = gblocks[0::2], gblocks[1::2]
         n_layers = len(weights)
         row_w = rows.unsqueeze(2)
+        minus_one = torch.full((k, self.batch_max, 1), -1.0, dtype=dt)
         with torch.no_grad():
             for t in range(T):
                 flat = idx[t].view(-1)
                 x = xs.index_select(0, flat).view(k, -1, self.dims[0])
                 y = ys.index_select(0, flat).view(k, -1, 1)
-                acts, pre, logp = self._forward(k, x)
+                acts, pre, logp = self._forward(weights, biases, x)
                 picked = logp.gather(2, y).squeeze(2)
                 torch.mul(picked, rows, out=picked)
                 torch.sum(picked, 1, out=losses[t]).neg_()
                 dz = logp.exp_()
-                dz.scatter_add_(2, y, torch.full(y.shape, -1.0, dtype=self.dtype))
+                dz.scatter_add_(2, y, minus_one)
                 dz.mul_(row_w)
-                gw: list[torch.Tensor] = [torch.empty(0)] * n_layers
-                gb: list[torch.Tensor] = [torch.empty(0)] * n_layers
                 for i in range(n_layers - 1, -1, -1):
-                    gw[i] = torch.bmm(dz.transpose(1, 2), acts[i])
-                    gb[i] = dz.sum(1)
+                    torch.bmm(dz.transpose(1, 2), acts[i], out=gw[i])
+                    torch.sum(dz, 1, out=gb[i])
                     if i:
                         dz = torch.bmm(dz, weights[i]).mul_(pre[i - 1] > 0)
                 if decay:
-                    for g, p in zip(gw, weights, strict=True):
-                        g.add_(p * wd.view(shape3))
-                    for g, p in zip(gb, biases, strict=True):
-                        g.add_(p * wd.view(k, 1))
-                sq = gw[0].square().sum((1, 2)) + gb[0].square().sum(1)
-                for i in range(1, n_layers):
-                    sq += gw[i].square().sum((1, 2)) + gb[i].square().sum(1)
-                g2[t] = sq
+                    grads.addcmul_(params, wd)
+                for g in gblocks:
+                    g2[t] += torch.linalg.vecdot(g.flatten(1), g.flatten(1))
+                step = grads
                 if momentum:
-                    for buf, g in zip(bufs_w, gw, strict=True):
-                        buf.lerp_(g, keep.view(shape3))
-                    for buf, g in zip(bufs_b, gb, strict=True):
-                        buf.lerp_(g, keep.view(k, 1))
-                    gw, gb = bufs_w, bufs_b
-                for p, g in zip(weights, gw, strict=True):
-                    p.sub_(g * rate_w)
-                for p, g in zip(biases, gb, strict=True):
-                    p.sub_(g * rate_b)
+                    bufs.lerp_(grads, keep)
+                    step = bufs
+                params.addcmul_(step, rate, value=-1.0)
         return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
 
     def evaluate(self, pos: np.ndarray) -> np.ndarray:
@@ -285,7 +301,8 @@ class _MLPBucket:
         if not k or not len(pos):
             return np.zeros(len(pos))
         with torch.no_grad():
-            _, _, logp = self._forward(k, self.xv[:k])
+            blocks = [b[:k] for b in self.views(self.p)]
+            _, _, logp = self._forward(blocks[0::2], blocks[1::2], self.xv[:k])
             picked = logp.gather(2, self.yv[:k].unsqueeze(2)).squeeze(2)
             loss = -(picked * self.vw[:k]).sum(1)
         return loss.double().numpy()[pos]
