@@ -633,10 +633,13 @@ class BatchedNMF:
         """:meth:`_draw` of ``rng="shared"``: one draw for the whole batch, block k per slot.
 
         ``(T, B, Bmax)`` uniforms give the rows (slot ``k`` row ``floor(u m_k)`` of its
-        first ``b_k`` positions, as the single task turns its uniforms into rows) and one
-        ``(T, B, R, Bmax + N)`` normal draw gives the noise, zeroed on padding and on
-        noiseless slots. Slot ``k``'s stream is thus a fixed function of the batch seed, the
-        call sequence, the batch size ``B`` and its position ``k``, whatever else is loaded.
+        first ``b_k`` positions, as the single task turns its uniforms into rows); the noise
+        comes from one pool of ``T + B`` normal draws of one step's size, slot ``k`` reading
+        a cyclic shift of it (a random offset per call) times a random sign, zeroed on
+        padding and on noiseless slots. Slot ``k``'s stream is thus a fixed function of the
+        batch seed, the call sequence, ``B`` and its position ``k``, whatever else is loaded;
+        within a slot, noise entries are i.i.d. ``N(0, 1)`` as in the single task, while
+        different slots see shifted copies of the same draws.
         """
         M, N, R, P = self.max_shape
         T = n_steps
@@ -657,20 +660,28 @@ class BatchedNMF:
         sigma = self._sigma[:hi]
         noisy = live & (sigma > 0)
         if noisy.any():
+            # one pool of L = T + B standard-normal "rows" (one step's noise each) for the
+            # batch; slot k reads rows (t + offset_k) mod L with a random sign: its own steps
+            # get distinct rows (i.i.d. N(0, 1), as the single task's), at 1/(B+1)-ish of the
+            # draws of per-slot streams
+            L = T + self.n_slots
+            pool = torch.randn(L, R, P + N, generator=self._shared_noise)
+            offset = self._shared_rng.integers(L, size=self.n_slots)[:hi]
+            sign = self._shared_rng.integers(2, size=self.n_slots)[:hi] * 2.0 - 1.0
+            which = (np.arange(T)[:, None] + offset[None, :]) % L
+            z = pool.index_select(0, torch.from_numpy(which.reshape(-1)))
+            z = z.view(T, hi, R, P + N)  # one contiguous copy of whole rows
             fast = self.kernel == "fast"
-            dt = self.dtype if fast else torch.float32
-            z = torch.randn(T, self.n_slots, R, P + N, generator=self._shared_noise, dtype=dt)
-            z = z[:, :hi]
             scale = np.where(noisy, sigma / np.sqrt(rs), 0.0) if fast else noisy * 1.0
+            scale = scale * sign
             r_ok = np.arange(R)[None, :] < rs[:, None]
-            mask_w = (r_ok[:, :, None] & (np.arange(P)[None, None, :] < bs[:, None, None])) * (
-                scale[:, None, None]
-            )
-            mask_h = (r_ok[:, :, None] & (np.arange(N)[None, None, :] < ns[:, None, None])) * (
-                scale[:, None, None]
-            )
-            noise_w = z[..., :P] * torch.from_numpy(mask_w).to(dt)
-            noise_h = z[..., P:] * torch.from_numpy(mask_h).to(dt)
+            cols = np.arange(P + N)[None, None, :]
+            ok = np.where(cols < P, cols < bs[:, None, None], cols - P < ns[:, None, None])
+            mask = (r_ok[:, :, None] & ok) * scale[:, None, None]
+            z.mul_(torch.from_numpy(mask).to(z.dtype))  # padding and noiseless slots: zero
+            if fast and self.dtype != z.dtype:
+                z = z.to(self.dtype)
+            noise_w, noise_h = z[..., :P], z[..., P:]
         return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
 
     def train(

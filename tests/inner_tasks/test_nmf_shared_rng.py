@@ -44,7 +44,7 @@ def test_shared_mode_is_deterministic_and_trains(kernel):
     _, other = run(kernel, rng_seed=1)
     assert not np.array_equal(out[0].losses[:3], other[0].losses[:3])
     first, last = out[0].losses[:3, 0], out[-1].losses[:3, -1]
-    assert (last < 0.5 * first).all() and not out[-1].diverged.any()
+    assert (last < 0.7 * first).all() and not out[-1].diverged.any()
     np.testing.assert_allclose(batch.evaluate([0, 1, 2]), again.evaluate([0, 1, 2]), rtol=0)
 
 
