@@ -12,6 +12,14 @@ environment needs. Each slot follows the single task's random streams draw for d
   single task's length, so a slot and an :class:`NMFTask` reset from equal generators see the
   same minibatches and the same gradient noise.
 
+With ``rng="shared"`` the batch draws instead, per call, once for all slots from its own
+generators (seeded by ``rng_seed``): one uniform array gives every slot's minibatch rows,
+and one pool of ``T + B`` steps of standard-normal noise gives every slot's gradient noise
+(slot ``k`` reads a cyclic shift of the pool with a random sign). Each slot's stream is a
+fixed function of the seed, the call sequence and its position, with the single task's
+distribution (rows uniform, noise i.i.d. normal within the slot), but no longer the single
+task's draws, and slots share shifted noise; the per-slot loop of draws disappears.
+
 Two kernels run the steps (``kernel=``):
 
 * ``"exact"`` (the default of :class:`BatchedNMF`) repeats the single task's arithmetic entry
