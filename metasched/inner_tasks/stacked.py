@@ -39,7 +39,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
+from metasched.inner_tasks.mnist1d import _CNN1D, StridedConv1d
 from metasched.inner_tasks.nmf_batched import BatchedStepStats
 from metasched.inner_tasks.torch_task import (
     ArrayClassificationTask,
@@ -51,11 +53,25 @@ from metasched.inner_tasks.torch_task import (
 __all__ = ["StackedNetworks", "bucket_key"]
 
 
+def _is_cnn1d(task: ArrayClassificationTask) -> bool:
+    """Whether ``task`` trains an MNIST-1D CNN on float32 signals with the default loss."""
+    return (
+        type(task.model) is _CNN1D
+        and type(task).batch_loss is ArrayClassificationTask.batch_loss
+        and type(task).prepare is ArrayClassificationTask.prepare
+        and task.x_train.dtype == torch.float32
+        and task.x_train.dim() == 2
+    )
+
+
 def bucket_key(task: TorchTask) -> tuple[Any, ...]:
     """Return the shape bucket of ``task``: its layer widths for plain MLPs, else its name."""
     if isinstance(task, ArrayClassificationTask) and is_plain_mlp(task):
         linears = list(task.model)[::2]
         return ("mlp", linears[0].in_features, *(m.out_features for m in linears))
+    if isinstance(task, ArrayClassificationTask) and _is_cnn1d(task):
+        shapes = tuple(tuple(p.shape) for p in task.params)
+        return ("cnn1d", tuple(task.x_train.shape[1:]), shapes)
     return ("single", task.name)
 
 
@@ -308,6 +324,182 @@ class _MLPBucket:
         return loss.double().numpy()[pos]
 
 
+class _CNN1DBucket:
+    """Stacked MNIST-1D CNNs of one width (strided convolutions as unfold + ``baddbmm``).
+
+    The parameters of every position are stacked per tensor and the forward pass of all
+    positions runs as one computation (each convolution: pad, unfold, one batched product
+    over the positions; then the linear head). One autograd pass of the sum of the
+    positions' (row-weighted) minibatch losses gives every position its own gradient, since
+    positions share nothing. Data, minibatch streams and settings are per position, as in
+    :class:`_MLPBucket`.
+    """
+
+    def __init__(
+        self, proto: ArrayClassificationTask, dtype: torch.dtype, capacity: int = 4
+    ) -> None:
+        self.dtype = dtype
+        self.shapes = [tuple(p.shape) for _, p in proto._named]
+        self.in_shape = tuple(proto.x_train.shape[1:])
+        self.members: list[int] = []
+        self.gens: list[torch.Generator] = []
+        self.cap = 0
+        self.n_train_max = 1
+        self.n_val_max = 1
+        self.batch_max = 1
+        self._alloc(capacity)
+
+        self.convs = [
+            (m.kernel, m.stride, m.padding)
+            for m in proto.model.features  # type: ignore[union-attr]
+            if isinstance(m, StridedConv1d)
+        ]
+
+    def _logits(self, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(k, rows, classes)`` of ``x`` ``(k, rows, length)`` for stacked params."""
+        k, rows = x.shape[0], x.shape[1]
+        h = x.reshape(k * rows, -1, 1)
+        for i, (kernel, stride, pad) in enumerate(self.convs):
+            w, b = params[2 * i], params[2 * i + 1]
+            u = F.pad(h, (0, 0, pad, pad)).unfold(1, kernel, stride)  # k*rows, n, c, kernel
+            n = u.shape[1]
+            z = torch.baddbmm(b.unsqueeze(1), u.reshape(k, rows * n, -1), w.transpose(1, 2))
+            h = torch.relu(z).view(k * rows, n, -1)
+        w, b = params[-2], params[-1]
+        return torch.baddbmm(b.unsqueeze(1), h.reshape(k, rows, -1), w.transpose(1, 2))
+
+    def _alloc(self, cap: int) -> None:
+        k = len(self.members)
+        old = self.__dict__.copy() if self.cap else None
+        dt = self.dtype
+        self.p = [torch.zeros(cap, *s, dtype=dt) for s in self.shapes]
+        self.buf = [torch.zeros(cap, *s, dtype=dt) for s in self.shapes]
+        self.x = torch.zeros(cap, self.n_train_max, *self.in_shape, dtype=dt)
+        self.y = torch.zeros(cap, self.n_train_max, dtype=torch.long)
+        self.xv = torch.zeros(cap, self.n_val_max, *self.in_shape, dtype=dt)
+        self.yv = torch.zeros(cap, self.n_val_max, dtype=torch.long)
+        self.vw = torch.zeros(cap, self.n_val_max, dtype=dt)
+        self.n_train = np.ones(cap, dtype=np.int64)
+        self.batch = np.ones(cap, dtype=np.int64)
+        self.mu = np.zeros(cap)
+        self.wd = np.zeros(cap)
+        self.limit = np.full(cap, np.inf)
+        if old is not None and k:
+            for name in ("p", "buf"):
+                for new, prev in zip(getattr(self, name), old[name], strict=True):
+                    new[:k] = prev[:k]
+            for name in ("x", "y", "xv", "yv", "vw"):
+                prev = old[name]
+                getattr(self, name)[:k, : prev.shape[1]] = prev[:k]
+            for name in ("n_train", "batch", "mu", "wd", "limit"):
+                getattr(self, name)[:k] = old[name][:k]
+        self.cap = cap
+
+    def add(self, slot: int, task: ArrayClassificationTask, data_gen: torch.Generator) -> int:
+        """Copy ``task``'s (freshly initialised) problem in; return its position."""
+        n, nv = len(task.x_train), len(task.x_val)
+        if n > self.n_train_max or nv > self.n_val_max:
+            self.n_train_max = max(self.n_train_max, n)
+            self.n_val_max = max(self.n_val_max, nv)
+            self._alloc(self.cap)
+        pos = len(self.members)
+        if pos == self.cap:
+            self._alloc(2 * self.cap)
+        self.members.append(slot)
+        self.gens.append(data_gen)
+        with torch.no_grad():
+            for block, buf, param in zip(self.p, self.buf, task.params, strict=True):
+                block[pos] = param
+                buf[pos] = 0.0
+            for dst, src, count in (
+                (self.x, task.prepare(task.x_train), n),
+                (self.y, task.y_train, n),
+                (self.xv, task.prepare(task.x_val), nv),
+                (self.yv, task.y_val, nv),
+            ):
+                dst[pos].zero_()
+                dst[pos, :count] = src
+            self.vw[pos].zero_()
+            self.vw[pos, :nv] = 1.0 / nv
+        self.n_train[pos] = n
+        self.batch[pos] = task.batch_size
+        self.batch_max = max(self.batch_max, task.batch_size)
+        self.mu[pos] = task.momentum
+        self.wd[pos] = task.weight_decay
+        self.limit[pos] = np.inf
+        return pos
+
+    set_limit = _MLPBucket.set_limit
+    _draws = _MLPBucket._draws
+
+    def remove(self, pos: int) -> int | None:
+        """Drop position ``pos``; the last problem moves into it. Return the moved slot."""
+        last = len(self.members) - 1
+        moved = None
+        if pos != last:
+            for t in (*self.p, *self.buf, self.x, self.y, self.xv, self.yv, self.vw):
+                t[pos] = t[last]
+            for a in (self.n_train, self.batch, self.mu, self.wd, self.limit):
+                a[pos] = a[last]
+            self.members[pos] = self.members[last]
+            self.gens[pos] = self.gens[last]
+            moved = self.members[pos]
+        self.members.pop()
+        self.gens.pop()
+        self.batch_max = int(self.batch[: len(self.members)].max()) if self.members else 1
+        return moved
+
+    def train(self, n_steps: int, lr: np.ndarray) -> dict[str, np.ndarray]:
+        """Run ``n_steps`` SGD steps of every position at ``lr`` (as :class:`_MLPBucket`)."""
+        k, T = len(self.members), n_steps
+        idx, rows = self._draws(k, T)
+        xs = self.x.view(-1, *self.in_shape)
+        ys = self.y.view(-1)
+        dt = self.dtype
+        momentum = bool(np.any(self.mu[:k] > 0))
+        decay = bool(np.any(self.wd[:k] > 0))
+        rate = torch.as_tensor(lr[:k], dtype=dt)
+        keep = torch.as_tensor(1.0 - self.mu[:k], dtype=dt)
+        wd = torch.as_tensor(self.wd[:k], dtype=dt)
+        params = [p[:k] for p in self.p]
+        bufs = [b[:k] for b in self.buf]
+        shaped = [(k,) + (1,) * len(s) for s in self.shapes]
+        losses = torch.empty(T, k, dtype=dt)
+        g2 = torch.zeros(T, k, dtype=dt)
+        for t in range(T):
+            flat = idx[t].view(-1)
+            x = xs.index_select(0, flat).view(k, -1, *self.in_shape)
+            y = ys.index_select(0, flat).view(k, -1)
+            leaves = [p.detach().requires_grad_(True) for p in params]
+            with torch.enable_grad():
+                logp = torch.log_softmax(self._logits(leaves, x), dim=2)
+                loss = -(logp.gather(2, y.unsqueeze(2)).squeeze(2) * rows).sum(1)
+                grads = torch.autograd.grad(loss.sum(), leaves)
+            losses[t] = loss.detach()
+            with torch.no_grad():
+                for i, (p, g, b) in enumerate(zip(params, grads, bufs, strict=True)):
+                    if decay:
+                        g = g + p * wd.view(shaped[i])
+                    g2[t] += torch.linalg.vecdot(g.flatten(1), g.flatten(1))
+                    if momentum:
+                        b.lerp_(g, keep.view(shaped[i]))
+                        g = b
+                    p.sub_(g * rate.view(shaped[i]))
+        return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
+
+    def evaluate(self, pos: np.ndarray) -> np.ndarray:
+        """Held-out mean cross-entropy of ``pos``."""
+        k = len(self.members)
+        if not k or not len(pos):
+            return np.zeros(len(pos))
+        with torch.no_grad():
+            logits = self._logits([p[:k] for p in self.p], self.xv[:k])
+            logp = torch.log_softmax(logits, dim=2)
+            picked = logp.gather(2, self.yv[:k].unsqueeze(2)).squeeze(2)
+            loss = -(picked * self.vw[:k]).sum(1)
+        return loss.double().numpy()[pos]
+
+
 class _SingleBucket:
     """Problems trained one by one with their task's own :meth:`~TorchTask.train`."""
 
@@ -430,7 +622,12 @@ class StackedNetworks:
         key = bucket_key(task)
         bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = _MLPBucket(key[1:], self.dtype) if key[0] == "mlp" else _SingleBucket()
+            if key[0] == "mlp":
+                bucket = _MLPBucket(key[1:], self.dtype)
+            elif key[0] == "cnn1d":
+                bucket = _CNN1DBucket(task, self.dtype)  # type: ignore[arg-type]
+            else:
+                bucket = _SingleBucket()
             self.buckets[key] = bucket
         pos = bucket.add(slot, task, data_gen)  # type: ignore[arg-type]
         self._bucket[slot] = key

@@ -11,7 +11,7 @@ from metasched.errors import ConfigError
 from metasched.inner_tasks import make_family
 from metasched.inner_tasks.base import TaskFamily
 from metasched.inner_tasks.mixed import MixedConfig
-from metasched.inner_tasks.torch_task import ArrayClassificationTask, is_plain_mlp
+from metasched.inner_tasks.torch_task import ArrayClassificationTask
 
 SMALL = {"budget": 120, "steps_per_action": 20}
 MNIST1D_SMALL = {"family_kwargs": {"train_sizes": [2000]}}
@@ -37,7 +37,7 @@ def as_float64(task):
 
 
 class Float64Family(TaskFamily):
-    """A registered family whose plain-MLP instances train in float64 (the reference)."""
+    """A registered family whose network instances train in float64 (the reference)."""
 
     def __init__(self, name, **kwargs):
         self.inner = make_family(name, **kwargs)
@@ -51,10 +51,7 @@ class Float64Family(TaskFamily):
 
     def make_task(self, config, **kwargs):
         task = self.inner.make_task(config, **kwargs)
-        # the batched env stacks plain MLPs (float64 here); other models (the MNIST-1D CNNs)
-        # train one by one in their own float32, so their reference stays float32
-        plain = isinstance(task, ArrayClassificationTask) and is_plain_mlp(task)
-        return as_float64(task) if plain else task
+        return as_float64(task) if isinstance(task, ArrayClassificationTask) else task
 
 
 def slot_vs_single(family, index, action, family_kwargs=None, clip="deterministic", **extra):
