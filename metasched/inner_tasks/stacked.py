@@ -13,8 +13,11 @@ environment needs. Problems are grouped into *shape buckets*:
   bucket's largest), minibatch stream (the slot's own ``torch.Generator``, drawn exactly as
   the single task draws it), minibatch size (smaller minibatches are padded with rows of
   weight zero), learning rate, EMA momentum, weight decay and divergence limit;
-* any other model (the MNIST-1D CNNs, for instance) sits in a :class:`_SingleBucket` that
-  trains each problem with its own :meth:`~TorchTask.train` (the reference path).
+* the MNIST-1D CNNs of one width share a :class:`_CNN1DBucket`: stacked parameters, one
+  forward pass for all positions (each strided convolution as pad + unfold + one batched
+  product), and one autograd pass of the summed losses for all their gradients;
+* any other model sits in a :class:`_SingleBucket` that trains each problem with its own
+  :meth:`~TorchTask.train` (the reference path).
 
 A slot follows the single task draw for draw: :meth:`StackedNetworks.load` initialises the
 parameters and the minibatch generator from the caller's generator exactly as
