@@ -19,9 +19,10 @@ a bucket or a process, so a given seed gives the same rollouts for any ``n_proce
 Several processes (``n_processes``) split the sub-envs into contiguous shards, each stepped
 by a worker process (this process steps the first shard) concurrently. The default is one
 process: measured with PPO on ``MLP-v0`` (32 envs, ``benchmarks/bench_batched_torch.py``, on
-2 cores shared with other jobs), 2 processes ran at 0.69x the speed of 1 (32 vs 47 env
-steps/s) and on ``MNIST1D-v0`` at 1.0x: halving the shards doubles the number of small
-buckets per step, and the PPO update in the parent does not overlap with the workers.
+2 cores shared with other jobs), 2 processes ran at 0.69x and 0.70x the speed of 1 in two
+runs (e.g. 40 vs 56 env steps/s) and on ``MNIST1D-v0`` at 1.0x and 0.96x: halving the
+shards doubles the number of small buckets per step, and the PPO update in the parent does
+not overlap with the workers.
 
 The per-slot stability bound is ``StackedNetworks.lr_bound`` (unknown, NaN, for networks
 today); the env clips at ``kappa`` times it and computes the bound feature from it, so a
