@@ -1,9 +1,10 @@
 """Train a Stable-Baselines3 meta-agent on a metasched env; checkpoint, resume, evaluate.
 
 :func:`train` runs (or resumes) a run described by a :class:`~metasched.agents.config.TrainConfig`
-in a run directory (layout in :mod:`metasched.agents.rundir`). Training uses the batched NMF
-vector env, ``SubprocVecEnv``, ``DummyVecEnv`` or env workers in Ray actors
-(:class:`~metasched.distributed.vecenv.RayVecEnv`), optionally wrapped in ``VecNormalize``; the
+in a run directory (layout in :mod:`metasched.agents.rundir`). Training uses a batched vector
+env (NMF's, or the stacked one of the MLP, MNIST-1D and Mixed envs), ``SubprocVecEnv``,
+``DummyVecEnv`` or env workers in Ray actors (:class:`~metasched.distributed.vecenv.RayVecEnv`),
+optionally wrapped in ``VecNormalize``; the
 policy is evaluated deterministically on fixed instances of the ``val`` split (the same
 instances and seeds every time, so the eval curve is not sampling noise), next to two
 reference policies on the same instances: keep-the-LR and uniformly random actions. The
@@ -124,22 +125,7 @@ def make_train_env(cfg: TrainConfig, seed: int) -> Any:
     )
 
     if cfg.vec_env == "batched":
-        if cfg.env_id != "metasched/NMF-v0":
-            raise ConfigError(
-                f"vec_env 'batched' exists for metasched/NMF-v0 only, not {cfg.env_id}"
-            )
-        import inspect
-
-        from metasched.envs.batched import BatchedNMFVecEnv
-
-        allowed = set(inspect.signature(BatchedNMFVecEnv.__init__).parameters)
-        bad = [k for k in cfg.env_kwargs if k not in allowed]
-        if bad:
-            raise ConfigError(
-                f"env kwarg {bad[0]!r} is not supported by the batched vec env; "
-                "use vec_env: dummy or subproc"
-            )
-        venv = BatchedNMFVecEnv(num_envs=cfg.n_envs, split="train", seed=seed, **cfg.env_kwargs)
+        venv = _batched_env(cfg, seed)
     elif cfg.vec_env in ("ray", "ray-batched"):
         venv = _make_ray_env(cfg, seed)
     else:
@@ -170,6 +156,56 @@ def _make_ray_env(cfg: TrainConfig, seed: int) -> Any:
     venv = RayVecEnv(fns, cfg.num_workers)
     venv.seed(seed)
     return venv
+
+
+def _batched_env(cfg: TrainConfig, seed: int) -> Any:
+    """Build the batched VecEnv of ``cfg``: NMF's, or the stacked one of the network families."""
+    import inspect
+
+    from metasched.envs.batched import BatchedNMFVecEnv
+    from metasched.envs.batched_torch import BATCHED_FAMILIES, BatchedTorchVecEnv
+
+    family = resolved_env_kwargs(cfg).get("family")
+    if cfg.env_id == "metasched/NMF-v0":
+        cls: Any = BatchedNMFVecEnv
+        kwargs = dict(cfg.env_kwargs)
+    elif family in BATCHED_FAMILIES:
+        cls = BatchedTorchVecEnv
+        # the registered spec's settings (family, budget, interval, LR range) plus overrides
+        kwargs = {k: v for k, v in resolved_env_kwargs(cfg).items() if k in _TORCH_ENV_KEYS}
+    else:
+        raise ConfigError(
+            f"vec_env 'batched' exists for metasched/NMF-v0 and the {', '.join(BATCHED_FAMILIES)} "
+            f"envs, not {cfg.env_id}; use vec_env: dummy or subproc"
+        )
+    allowed = set(inspect.signature(cls.__init__).parameters)
+    bad = [k for k in cfg.env_kwargs if k not in allowed]
+    if bad:
+        raise ConfigError(
+            f"env kwarg {bad[0]!r} is not supported by the batched vec env; "
+            "use vec_env: dummy or subproc"
+        )
+    if "lr_range" in kwargs and kwargs["lr_range"] is not None:
+        kwargs["lr_range"] = tuple(kwargs["lr_range"])
+    return cls(num_envs=cfg.n_envs, split="train", seed=seed, **kwargs)
+
+
+#: Keywords of a resolved network env spec that the stacked batched env takes.
+_TORCH_ENV_KEYS = (
+    "family",
+    "action",
+    "budget",
+    "steps_per_action",
+    "clip",
+    "kappa",
+    "lr_range",
+    "init_lr",
+    "reward",
+    "divergence_penalty",
+    "divergence_factor",
+    "family_seed",
+    "family_kwargs",
+)
 
 
 def _make_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:

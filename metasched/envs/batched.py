@@ -46,6 +46,7 @@ from metasched.inner_tasks import NMFFamily
 from metasched.inner_tasks.nmf import NMFConfig
 from metasched.inner_tasks.nmf_batched import (
     KERNELS,
+    RNG_MODES,
     BatchedNMF,
     BucketedNMF,
     box_cost,
@@ -75,6 +76,11 @@ class _Host:
             "dtype": cfg["dtype"],
             "divergence_factor": float(cfg["divergence_factor"]),
             "kernel": cfg["kernel"],
+            "rng": cfg["rng"],
+            # the shared streams of each process: a fixed function of the env seed and the host
+            "rng_seed": int(
+                np.random.SeedSequence([cfg["seed"], cfg.get("host", 0)]).generate_state(1)[0]
+            ),
         }
         if cfg["bucketing"]:
             classes = shape_classes(self.family, self.split)
@@ -205,6 +211,12 @@ class BatchedNMFVecEnv(VecEnv):
             ``if __name__ == "__main__":`` guard) and stopped by :meth:`close`.
         start_method: multiprocessing start method of the workers (default
             ``"forkserver"`` where available, else ``"spawn"``).
+        rng: ``"per_slot"`` (default): every sub-env draws its minibatches and gradient noise
+            from its own streams, exactly as the single env does; ``"shared"``: each batch
+            draws once per call for all its problems (from streams seeded by ``seed``), which
+            is faster but makes a problem's minibatches depend on where it sits (its shape
+            class, position and process): rollouts stay deterministic for a given ``seed``,
+            ``n_processes`` and ``num_envs``, but no longer equal the single env's.
     """
 
     def __init__(
@@ -229,6 +241,7 @@ class BatchedNMFVecEnv(VecEnv):
         bucketing: bool = True,
         n_processes: int | str = "auto",
         start_method: str | None = None,
+        rng: str = "per_slot",
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -254,6 +267,8 @@ class BatchedNMFVecEnv(VecEnv):
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        if rng not in RNG_MODES:
+            raise ValueError(f"rng must be one of {', '.join(RNG_MODES)}, got {rng!r}")
         procs = self._resolve_processes(n_processes, num_envs)
         obs_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
         super().__init__(num_envs, obs_space, action_space)
@@ -304,8 +319,10 @@ class BatchedNMFVecEnv(VecEnv):
             "dtype": dtype,
             "kernel": kernel,
             "bucketing": self.bucketing,
+            "rng": rng,
+            "seed": int(seed),
         }
-        self._local = _Host(cfg, *self._host_block(0), procs)
+        self._local = _Host({**cfg, "host": 0}, *self._host_block(0), procs)
         self._remotes: list[_Remote] = []
         if procs > 1:
             if start_method is None:
@@ -314,7 +331,9 @@ class BatchedNMFVecEnv(VecEnv):
             ctx = mp.get_context(start_method)
             try:
                 for k in range(1, procs):
-                    self._remotes.append(_Remote(ctx, cfg, *self._host_block(k), procs))
+                    self._remotes.append(
+                        _Remote(ctx, {**cfg, "host": k}, *self._host_block(k), procs)
+                    )
             except BaseException:
                 self.close()
                 raise

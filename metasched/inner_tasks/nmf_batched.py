@@ -12,6 +12,14 @@ environment needs. Each slot follows the single task's random streams draw for d
   single task's length, so a slot and an :class:`NMFTask` reset from equal generators see the
   same minibatches and the same gradient noise.
 
+With ``rng="shared"`` the batch draws instead, per call, once for all slots from its own
+generators (seeded by ``rng_seed``): one uniform array gives every slot's minibatch rows,
+and one pool of ``T + B`` steps of standard-normal noise gives every slot's gradient noise
+(slot ``k`` reads a cyclic shift of the pool with a random sign). Each slot's stream is a
+fixed function of the seed, the call sequence and its position, with the single task's
+distribution (rows uniform, noise i.i.d. normal within the slot), but no longer the single
+task's draws, and slots share shifted noise; the per-slot loop of draws disappears.
+
 Two kernels run the steps (``kernel=``):
 
 * ``"exact"`` (the default of :class:`BatchedNMF`) repeats the single task's arithmetic entry
@@ -68,6 +76,7 @@ from metasched.inner_tasks.nmf import NMFFamily, NMFTask
 
 __all__ = [
     "KERNELS",
+    "RNG_MODES",
     "BatchedNMF",
     "BatchedStepStats",
     "BucketedNMF",
@@ -77,6 +86,8 @@ __all__ = [
 
 #: Step kernels of :class:`BatchedNMF` (see the module docstring).
 KERNELS: tuple[str, ...] = ("exact", "fast")
+#: Where the minibatches and gradient noise come from (see the module docstring).
+RNG_MODES: tuple[str, ...] = ("per_slot", "shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +200,11 @@ class BatchedNMF:
             loss, or a non-finite one, counts as divergence; so does a collapse to zero.
         update_cap: if set, each entry's update is limited to ``[-cap, cap]`` (counted).
         kernel: ``"exact"`` (default) or ``"fast"`` (see the module docstring).
+        rng: ``"per_slot"`` (default): every slot draws its minibatches and noise from its own
+            generators, as the single task does; ``"shared"``: one draw per call for the
+            whole batch from the batch's own generators (seeded by ``rng_seed``), slot ``k``
+            taking block ``k`` of it (see the module docstring).
+        rng_seed: seed of the shared generators (``rng="shared"`` only).
     """
 
     def __init__(
@@ -200,8 +216,12 @@ class BatchedNMF:
         divergence_factor: float = 1e3,
         update_cap: float | None = None,
         kernel: str = "exact",
+        rng: str = "per_slot",
+        rng_seed: int = 0,
     ) -> None:
         B = _check_int("n_slots", n_slots)
+        if rng not in RNG_MODES:
+            raise ValueError(f"rng must be one of {', '.join(RNG_MODES)}, got {rng!r}")
         if len(max_shape) != 4:
             raise ValueError(f"max_shape must be (M, N, R, Bmax), got {max_shape!r}")
         M, N, R, P = (_check_int(f"max_shape[{i}]", v) for i, v in enumerate(max_shape))
@@ -218,6 +238,10 @@ class BatchedNMF:
         self.kernel = _check_kernel(kernel)
         # the fast kernel keeps -V (it gathers -V_B straight into the residual buffer)
         self._v_sign = 1.0 if kernel == "exact" else -1.0
+        self.rng = rng
+        seeds = np.random.SeedSequence(int(rng_seed)).generate_state(2, dtype=np.uint64)
+        self._shared_rng = np.random.default_rng(int(seeds[0]))
+        self._shared_noise = torch.Generator().manual_seed(int(seeds[1]) >> 1)
         self._loads = 0
         self.n_slots = 0
         self._alloc(B)
@@ -573,6 +597,8 @@ class BatchedNMF:
             ``(T, hi, R, Bmax)``) and of H (``(T, hi, R, N)``), ``None`` when no slot is
             noisy. The fast kernel gets the noise pre-multiplied by ``sigma / sqrt(r)``.
         """
+        if self.rng == "shared":
+            return self._draw_shared(n_steps, slots, hi)
         M, N, R, P = self.max_shape
         T = n_steps
         read = np.full((T, hi, P), self._zero_row, dtype=np.int64)
@@ -607,6 +633,63 @@ class BatchedNMF:
         write = np.where(keep, read, self._scratch[:hi].reshape(1, -1))
         if noise_w is not None:
             noise_w, noise_h = noise_w[:, :hi], noise_h[:, :hi]
+        return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
+
+    def _draw_shared(
+        self, n_steps: int, slots: np.ndarray, hi: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`_draw` of ``rng="shared"``: one draw for the whole batch, block k per slot.
+
+        ``(T, B, Bmax)`` uniforms give the rows (slot ``k`` row ``floor(u m_k)`` of its
+        first ``b_k`` positions, as the single task turns its uniforms into rows); the noise
+        comes from one pool of ``T + B`` normal draws of one step's size, slot ``k`` reading
+        a cyclic shift of it (a random offset per call) times a random sign, zeroed on
+        padding and on noiseless slots. Slot ``k``'s stream is thus a fixed function of the
+        batch seed, the call sequence, ``B`` and its position ``k``, whatever else is loaded;
+        within a slot, noise entries are i.i.d. ``N(0, 1)`` as in the single task, while
+        different slots see shifted copies of the same draws.
+        """
+        M, N, R, P = self.max_shape
+        T = n_steps
+        live = np.zeros(hi, dtype=bool)
+        live[slots] = True
+        ms, bs, rs, ns = self._m[:hi], self._b[:hi], self._r[:hi], self._n[:hi]
+        # drawn for every slot (not only the first hi), so a slot's stream does not depend
+        # on which other slots are loaded
+        u = self._shared_rng.random((T, self.n_slots, P))[:, :hi]
+        u *= ms[None, :, None]
+        rows = u.astype(np.int64)  # truncates, as the single task's astype(np.intp) does
+        rows += (np.arange(hi, dtype=np.int64) * M)[None, :, None]
+        valid = (np.arange(P)[None, :] < bs[:, None]) & live[:, None]
+        read = np.where(valid[None], rows, self._zero_row).reshape(T, hi * P)
+        keep = _last_draws(read, self._zero_row + 1) & (read != self._zero_row)
+        write = np.where(keep, read, self._scratch[:hi].reshape(1, -1))
+        noise_w = noise_h = None
+        sigma = self._sigma[:hi]
+        noisy = live & (sigma > 0)
+        if noisy.any():
+            # one pool of L = T + B standard-normal "rows" (one step's noise each) for the
+            # batch; slot k reads rows (t + offset_k) mod L with a random sign: its own steps
+            # get distinct rows (i.i.d. N(0, 1), as the single task's), at 1/(B+1)-ish of the
+            # draws of per-slot streams
+            L = T + self.n_slots
+            pool = torch.randn(L, R, P + N, generator=self._shared_noise)
+            offset = self._shared_rng.integers(L, size=self.n_slots)[:hi]
+            sign = self._shared_rng.integers(2, size=self.n_slots)[:hi] * 2.0 - 1.0
+            which = (np.arange(T)[:, None] + offset[None, :]) % L
+            z = pool.index_select(0, torch.from_numpy(which.reshape(-1)))
+            z = z.view(T, hi, R, P + N)  # one contiguous copy of whole rows
+            fast = self.kernel == "fast"
+            scale = np.where(noisy, sigma / np.sqrt(rs), 0.0) if fast else noisy * 1.0
+            scale = scale * sign
+            r_ok = np.arange(R)[None, :] < rs[:, None]
+            cols = np.arange(P + N)[None, None, :]
+            ok = np.where(cols < P, cols < bs[:, None, None], cols - P < ns[:, None, None])
+            mask = (r_ok[:, :, None] & ok) * scale[:, None, None]
+            z.mul_(torch.from_numpy(mask).to(z.dtype))  # padding and noiseless slots: zero
+            if fast and self.dtype != z.dtype:
+                z = z.to(self.dtype)
+            noise_w, noise_h = z[..., :P], z[..., P:]
         return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
 
     def train(
@@ -1033,6 +1116,8 @@ class BucketedNMF:
         dtype, divergence_factor, update_cap, kernel: as for :class:`BatchedNMF`
             (``kernel`` defaults to ``"fast"`` here).
         capacity: initial slots per class (default: enough for an even spread, plus slack).
+        rng, rng_seed: as for :class:`BatchedNMF`; with ``"shared"`` each class draws for
+            all its problems at once (class ``g`` seeded from ``(rng_seed, g)``).
     """
 
     def __init__(
@@ -1045,6 +1130,8 @@ class BucketedNMF:
         update_cap: float | None = None,
         kernel: str = "fast",
         capacity: int | None = None,
+        rng: str = "per_slot",
+        rng_seed: int = 0,
     ) -> None:
         B = _check_int("n_slots", n_slots)
         boxes = [tuple(int(v) for v in c) for c in classes]
@@ -1064,8 +1151,10 @@ class BucketedNMF:
                 divergence_factor=divergence_factor,
                 update_cap=update_cap,
                 kernel=kernel,
+                rng=rng,
+                rng_seed=int(np.random.SeedSequence([int(rng_seed), g]).generate_state(1)[0]),
             )
-            for box in self.classes
+            for g, box in enumerate(self.classes)
         ]
         self.dtype = dtype
         self.kernel = kernel
