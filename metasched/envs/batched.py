@@ -126,22 +126,26 @@ class _Host:
         )
 
 
-def _worker(conn: Any, cfg: dict[str, Any], offset: int, size: int, n_hosts: int) -> None:
-    """Host inner problems in a worker process and serve the parent's commands."""
+def serve(conn: Any, factory: Any, *args: Any) -> None:
+    """Worker-process loop: build ``factory(*args)`` and run the parent's commands on it.
+
+    Each command is a ``(method name, args)`` pair answered with ``("ok", result)`` or
+    ``("error", traceback)``; ``"close"`` ends the loop. Shared by the batched vector envs.
+    """
     torch.set_num_threads(1)  # one of several processes sharing the cores
     try:
-        host = _Host(cfg, offset, size, n_hosts)
+        target = factory(*args)
         conn.send(("ok", None))
         while True:
             try:
-                cmd, args = conn.recv()
+                cmd, cmd_args = conn.recv()
             except (EOFError, KeyboardInterrupt):
                 break
             if cmd == "close":
                 conn.send(("ok", None))
                 break
             try:
-                conn.send(("ok", getattr(host, cmd)(*args)))
+                conn.send(("ok", getattr(target, cmd)(*cmd_args)))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
     except Exception:
@@ -150,12 +154,16 @@ def _worker(conn: Any, cfg: dict[str, Any], offset: int, size: int, n_hosts: int
         conn.close()
 
 
-class _Remote:
-    """Parent-side handle of a worker process hosting inner problems."""
+class WorkerProcess:
+    """Parent-side handle of a worker process that :func:`serve` s ``factory(*args)``.
 
-    def __init__(self, ctx: Any, cfg: dict[str, Any], offset: int, size: int, n: int) -> None:
+    ``owner`` names the vector env in error messages.
+    """
+
+    def __init__(self, ctx: Any, factory: Any, args: tuple[Any, ...], owner: str) -> None:
+        self.owner = owner
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, cfg, offset, size, n), daemon=True)
+        self.proc = ctx.Process(target=serve, args=(child, factory, *args), daemon=True)
         self.proc.start()
         child.close()
         self.recv()  # construction errors surface here
@@ -167,9 +175,9 @@ class _Remote:
         try:
             status, payload = self.conn.recv()
         except EOFError:
-            raise RuntimeError("a BatchedNMFVecEnv worker process died") from None
+            raise RuntimeError(f"a {self.owner} worker process died") from None
         if status == "error":
-            raise RuntimeError(f"BatchedNMFVecEnv worker failed:\n{payload}")
+            raise RuntimeError(f"{self.owner} worker failed:\n{payload}")
         return payload
 
     def close(self) -> None:
@@ -323,7 +331,7 @@ class BatchedNMFVecEnv(VecEnv):
             "seed": int(seed),
         }
         self._local = _Host({**cfg, "host": 0}, *self._host_block(0), procs)
-        self._remotes: list[_Remote] = []
+        self._remotes: list[WorkerProcess] = []
         if procs > 1:
             if start_method is None:
                 methods = mp.get_all_start_methods()
@@ -332,7 +340,10 @@ class BatchedNMFVecEnv(VecEnv):
             try:
                 for k in range(1, procs):
                     self._remotes.append(
-                        _Remote(ctx, {**cfg, "host": k}, *self._host_block(k), procs)
+                        WorkerProcess(
+                            ctx, _Host, ({**cfg, "host": k}, *self._host_block(k), procs),
+                            "BatchedNMFVecEnv",
+                        )
                     )
             except BaseException:
                 self.close()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
+from metasched.envs.batched import WorkerProcess
 from metasched.envs.lr_control import action_space_for, action_to_lr, check_env_args
 from metasched.errors import ConfigError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
@@ -258,65 +258,6 @@ class _Core:
         return self.tracker.observation, rewards.astype(np.float32), done, infos
 
 
-def _worker(conn: Any, cfg: dict[str, Any], offset: int, size: int) -> None:
-    """Host a shard of sub-envs in a worker process and serve the parent's commands."""
-    torch.set_num_threads(1)  # one of several processes sharing the cores
-    try:
-        core = _Core(cfg, offset, size)
-        conn.send(("ok", None))
-        while True:
-            try:
-                cmd, args = conn.recv()
-            except (EOFError, KeyboardInterrupt):
-                break
-            if cmd == "close":
-                conn.send(("ok", None))
-                break
-            try:
-                conn.send(("ok", getattr(core, cmd)(*args)))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-class _Remote:
-    """Parent-side handle of a worker process hosting a shard."""
-
-    def __init__(self, ctx: Any, cfg: dict[str, Any], offset: int, size: int) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, cfg, offset, size), daemon=True)
-        self.proc.start()
-        child.close()
-        self.recv()
-
-    def send(self, cmd: str, *args: Any) -> None:
-        self.conn.send((cmd, args))
-
-    def recv(self) -> Any:
-        try:
-            status, payload = self.conn.recv()
-        except EOFError:
-            raise RuntimeError("a BatchedTorchVecEnv worker process died") from None
-        if status == "error":
-            raise RuntimeError(f"BatchedTorchVecEnv worker failed:\n{payload}")
-        return payload
-
-    def close(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self.send("close")
-                self.recv()
-            except (RuntimeError, BrokenPipeError, OSError):
-                pass
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-        self.conn.close()
-
-
 class BatchedTorchVecEnv(VecEnv):
     """``num_envs`` LR-control episodes of a network family stepped as stacked computations.
 
@@ -435,7 +376,7 @@ class BatchedTorchVecEnv(VecEnv):
         sizes = [num_envs // P + (k < num_envs % P) for k in range(P)]
         self._offsets = np.cumsum([0, *sizes])
         self._actions: np.ndarray | None = None
-        self._remotes: list[_Remote] = []
+        self._remotes: list[WorkerProcess] = []
         self._core = _Core(cfg, 0, sizes[0])
         if P > 1:
             if start_method is None:
@@ -444,7 +385,9 @@ class BatchedTorchVecEnv(VecEnv):
             ctx = mp.get_context(start_method)
             try:
                 for k in range(1, P):
-                    self._remotes.append(_Remote(ctx, cfg, int(self._offsets[k]), sizes[k]))
+                    self._remotes.append(WorkerProcess(
+                            ctx, _Core, (cfg, int(self._offsets[k]), sizes[k]), "BatchedTorchVecEnv"
+                        ))
             except BaseException:
                 self.close()
                 raise
