@@ -385,9 +385,8 @@ class BatchedTorchVecEnv(VecEnv):
             ctx = mp.get_context(start_method)
             try:
                 for k in range(1, P):
-                    self._remotes.append(WorkerProcess(
-                            ctx, _Core, (cfg, int(self._offsets[k]), sizes[k]), "BatchedTorchVecEnv"
-                        ))
+                    args = (cfg, int(self._offsets[k]), sizes[k])
+                    self._remotes.append(WorkerProcess(ctx, _Core, args, "BatchedTorchVecEnv"))
             except BaseException:
                 self.close()
                 raise
