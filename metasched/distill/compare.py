@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from metasched.atomic import atomic_open, write_text
 from metasched.distill.tuning import TuningCurve, cost_curve, log_score, tune_curve
 from metasched.errors import ConfigError, MetaschedError, did_you_mean
 from metasched.inner_tasks import make_family
@@ -445,16 +446,6 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return {"cell": cell.key(), "lr_ref": lr_ref, "trace": trace.to_dict()}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _load_cell(cell: Cell, root: Path) -> dict[str, Any] | None:
     path = cell.path(root)
     if not path.exists():
@@ -501,7 +492,7 @@ def run_cells(
 
     def store(i: int, res: dict[str, Any]) -> None:
         nonlocal done
-        _write_atomic(cells[i].path(root), json.dumps(res))
+        write_text(cells[i].path(root), json.dumps(res), parents=True)
         results[i] = res
         done += 1
         if progress:
@@ -734,12 +725,10 @@ def write_tuning_csv(tuning: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def tuning_cost_cells(spec: CompareSpec, tuning: dict[str, dict[str, Any]]) -> list[Cell]:
@@ -837,14 +826,14 @@ def compare(
             )
     known = dict(old.get("schedulers", {}))
     known.update({s.label: {"name": s.name, "kwargs": s.kwargs} for s in schedulers})
-    _write_atomic(settings, json.dumps({"spec": spec.to_json(), "schedulers": known}, indent=2))
+    write_text(settings, json.dumps({"spec": spec.to_json(), "schedulers": known}, indent=2))
 
     bar = _progress_bar(progress)
     log(f"tuning {', '.join(lb for lb in labels if lb in TUNED) or 'nothing'} on train ...")
     tuning = tune(
         spec, labels, root, jobs=jobs, progress=bar("tuning"), backend=backend, address=address
     )
-    _write_atomic(root / "tuning.json", json.dumps(tuning, indent=2))
+    write_text(root / "tuning.json", json.dumps(tuning, indent=2))
     write_tuning_csv(tuning, root / "tuning.csv")
     for entry in tuning.values():
         extra = "".join(f", {k}={v:g}" for k, v in entry["kwargs"].items())
@@ -951,7 +940,7 @@ def write_tables(results: Sequence[dict[str, Any]], root: Path, spec: CompareSpe
             if r["cell"]["label"] == ref:
                 targets[problem(r)] = _final(r)
     rows = []
-    with open(root / ".runs.csv.tmp", "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(root / "runs.csv", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("family", "task", "instance", "seed", "scheduler", *TRACE_COLUMNS))
         for r in results:
@@ -988,12 +977,7 @@ def write_tables(results: Sequence[dict[str, Any]], root: Path, spec: CompareSpe
                     "clip_count": t["clip_count"],
                 }
             )
-    os.replace(root / ".runs.csv.tmp", root / "runs.csv")
-    with open(root / ".results.csv.tmp", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(root / ".results.csv.tmp", root / "results.csv")
+    _write_csv(root / "results.csv", RESULT_COLUMNS, rows)
 
 
 def read_results(root: str | os.PathLike[str]) -> list[dict[str, Any]]:

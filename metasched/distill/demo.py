@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+from metasched.atomic import write_text
 from metasched.distill.compare import TUNED, CompareSpec, compare, parse_scheduler
 from metasched.errors import ConfigError
 
@@ -134,7 +135,7 @@ def run_demo(
     d = distill(
         policy, rules, n_train=s.distill_train, n_val=s.distill_val, log=lambda m: log("  " + m)
     )
-    (root / "distill.md").write_text(d.summary() + "\n", encoding="utf-8")
+    write_text(root / "distill.md", d.summary() + "\n")
     log(d.rules_text)
 
     specs = ["constant", "cosine", "cosine@ref", "constant@ref", "greedy", "greedy-tuned", "probe"]
@@ -203,7 +204,5 @@ def _write_report(root: Path, cmp_dir: Path, run_dir: Path, seconds: float) -> P
         body,
     ]
     path = root / "report.md"
-    tmp = root / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines))
     return path

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from metasched.atomic import atomic_open, write_text
 from metasched.distill.compare import read_results
 from metasched.distill.stats import STRICT_MARGIN, aggregate, performance_profile, win_rates
 
@@ -245,11 +246,10 @@ def write_report(
     cost = read_tuning_cost(root)
     add_runs_to_match(summary, cost, learned)
     scale = {r["family"]: (int(r["budget"]), int(r["interval"])) for r in rows}
-    with open(root / ".summary.csv.tmp", "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(root / "summary.csv", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
         w.writerows(summary)
-    os.replace(root / ".summary.csv.tmp", root / "summary.csv")
     figures = write_plots(root, rows, instances)
     tuning_figs = _tuning_plots(root, tuning, cost, summary, learned)
 
@@ -341,9 +341,7 @@ def write_report(
         lines += ["", "### Plots", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures.get(fam, [])]
     path = root / "report.md"
-    tmp = root / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")
     log(f"wrote {path}, summary.csv, results.csv, runs.csv and plots/")
     return path
 
