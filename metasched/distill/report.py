@@ -11,7 +11,6 @@ Two views, both over the same problems:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -21,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from metasched.atomic import atomic_open, write_text
-from metasched.distill.compare import read_results
+from metasched.atomic import write_text
+from metasched.distill.results import read_results, read_tuning_cost, write_csv
 from metasched.distill.stats import STRICT_MARGIN, aggregate, performance_profile, win_rates
 
 __all__ = [
     "BASELINES",
     "add_runs_to_match",
-    "read_tuning_cost",
     "summarise",
     "write_plots",
     "write_report",
@@ -103,23 +101,6 @@ def summarise(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any
                 "tuning_runs_to_match_learned": math.nan,
             }
         )
-    return out
-
-
-def read_tuning_cost(root: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
-    """Read ``tuning_cost.csv``: the curves per ``(family, scheduler)`` (none if absent)."""
-    path = root / "tuning_cost.csv"
-    out: dict[tuple[str, str], list[dict[str, float]]] = {}
-    if not path.exists():
-        return out
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            key = (row["family"], row["scheduler"])
-            out.setdefault(key, []).append(
-                {k: float(v) for k, v in row.items() if k not in ("family", "scheduler")}
-            )
-    for curve in out.values():
-        curve.sort(key=lambda r: r["tuning_runs"])
     return out
 
 
@@ -246,10 +227,7 @@ def write_report(
     cost = read_tuning_cost(root)
     add_runs_to_match(summary, cost, learned)
     scale = {r["family"]: (int(r["budget"]), int(r["interval"])) for r in rows}
-    with atomic_open(root / "summary.csv", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
-        w.writeheader()
-        w.writerows(summary)
+    write_csv(root / "summary.csv", SUMMARY_COLUMNS, summary)
     figures = write_plots(root, rows, instances)
     tuning_figs = _tuning_plots(root, tuning, cost, summary, learned)
 

@@ -12,9 +12,9 @@ from metasched.distill.compare import (
     CompareSpec,
     compare,
     parse_scheduler,
-    read_results,
     split_schedulers,
 )
+from metasched.distill.results import read_results
 from metasched.errors import ConfigError, UnknownNameError
 
 SPEC = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0, 2.0), joint_grid=(1.0, 2.0),
