@@ -78,6 +78,7 @@ __all__ = [
     "SchedulerSpec",
     "TunedBaseline",
     "compare",
+    "evaluation_cells",
     "parse_scheduler",
     "split_schedulers",
 ]
@@ -770,6 +771,34 @@ def tuning_cost(
     return rows
 
 
+def evaluation_cells(
+    spec: CompareSpec, schedulers: Sequence[SchedulerSpec], tuning: dict[str, dict[str, Any]]
+) -> list[Cell]:
+    """Return the runs on the evaluated split: every problem × scheduler, tuned ones at their pick.
+
+    Tuned labels run at the setting :func:`tune` chose (``tuning``); ``NAME@ref`` rows at the
+    reference LR; the rest at their own default start.
+    """
+    cells = []
+    for fam in spec.families:
+        for i in range(spec.n_instances):
+            for seed in range(spec.seeds):
+                for s in schedulers:
+                    mult, kwargs = None, s.kwargs
+                    if s.tuned:
+                        t = tuning[f"{fam}/{s.label}"]
+                        mult, kwargs = t["multiple"], {**s.kwargs, **t["kwargs"]}
+                    elif s.at_ref:
+                        mult = 1.0
+                    cells.append(
+                        Cell(
+                            fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
+                            kwargs, mult, *_run_args(spec, fam),
+                        )
+                    )
+    return cells
+
+
 def compare(
     spec: CompareSpec,
     schedulers: Sequence[SchedulerSpec],
@@ -831,23 +860,7 @@ def compare(
             + ("  [flat: a neighbour is within noise]" if entry["in_flat_region"] else "")
             + ("  [at the edge of the grid: widen it]" if entry["at_grid_edge"] else "")
         )
-    cells = []
-    for fam in spec.families:
-        for i in range(spec.n_instances):
-            for seed in range(spec.seeds):
-                for s in schedulers:
-                    mult, kwargs = None, s.kwargs
-                    if s.tuned:
-                        t = tuning[f"{fam}/{s.label}"]
-                        mult, kwargs = t["multiple"], {**s.kwargs, **t["kwargs"]}
-                    elif s.at_ref:
-                        mult = 1.0
-                    cells.append(
-                        Cell(
-                            fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
-                            kwargs, mult, *_run_args(spec, fam),
-                        )
-                    )
+    cells = evaluation_cells(spec, schedulers, tuning)
     log(
         f"running {len(cells)} runs: {len(spec.families)} famil(ies) x {spec.n_instances} "
         f"{spec.split} instances x {spec.seeds} seed(s) x {len(schedulers)} schedulers ..."
