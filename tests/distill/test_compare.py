@@ -110,6 +110,10 @@ def test_summary_matches_results_by_hand(done):
         assert float(summary[name]["median_final"]) == pytest.approx(np.median(list(fin.values())))
         strict = np.mean([fin[i] < const[i] * 0.995 for i in fin])
         assert float(summary[name]["strict_win_vs_constant"]) == pytest.approx(strict)
+        # one seed per instance: lower on an instance counts 1, a tie one half
+        poi = np.mean([(fin[i] < const[i]) + 0.5 * (fin[i] == const[i]) for i in fin])
+        assert float(summary[name]["prob_improvement_vs_constant"]) == pytest.approx(poi)
+    assert "probability of improvement" in (done / "report.md").read_text()
     # steps to target: the tuned constant reaches its own final loss within the budget
     for r in results:
         if r["scheduler"] == "constant":
