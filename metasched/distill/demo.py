@@ -32,6 +32,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from metasched.atomic import write_text
 from metasched.distill.compare import TUNED, CompareSpec, compare, parse_scheduler, tune
 from metasched.errors import ConfigError
 
@@ -179,7 +180,7 @@ def run_demo(
             policy, rules, n_train=s.distill_train, n_val=s.distill_val,
             log=lambda m: log("  " + m),
         )  # fmt: skip
-        (root / "distill.md").write_text(d.summary() + "\n", encoding="utf-8")
+        write_text(root / "distill.md", d.summary() + "\n")
         log(d.rules_text)
         if background is not None and background.is_alive():
             log("waiting for the baseline tuning to finish ...")
@@ -249,7 +250,5 @@ def _write_report(root: Path, cmp_dir: Path, run_dir: Path, seconds: float) -> P
         body,
     ]
     path = root / "report.md"
-    tmp = root / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines))
     return path
