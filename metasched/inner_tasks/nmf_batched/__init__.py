@@ -41,9 +41,9 @@ Padding every slot to a family's largest shape wastes most of the work, so
 :class:`BucketedNMF` keeps one :class:`BatchedNMF` per *shape class*, each padded only to its
 own box (see :mod:`~metasched.inner_tasks.nmf_batched.buckets`).
 
-Modules: :mod:`.stats` (what a call reports, shared checks), :mod:`.kernel` (the step),
-:mod:`.batch` (:class:`BatchedNMF`: padded storage, slots, random streams, bounds) and
-:mod:`.buckets` (shape classes).
+Modules: :mod:`.stats` (what a call reports, shared checks), :mod:`.streams` (the minibatch
+and noise draws), :mod:`.kernel` (the step), :mod:`.batch` (:class:`BatchedNMF`: padded
+storage, slots, bounds) and :mod:`.buckets` (shape classes).
 
 Example:
     >>> import numpy as np

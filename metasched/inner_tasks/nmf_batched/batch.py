@@ -21,23 +21,9 @@ from metasched.inner_tasks.nmf_batched.stats import (
     check_int,
     check_lr,
 )
+from metasched.inner_tasks.nmf_batched.streams import Draws, per_slot_draws, shared_draws
 
 __all__ = ["BatchedNMF", "bound_from_lipschitz", "top_eigenvalues"]
-
-
-def _last_draws(read: np.ndarray, n_rows: int) -> np.ndarray:
-    """Mark, per step (row of ``read``), the last draw of each distinct index.
-
-    Uses numpy's own fancy-assignment order (the last write wins), the very rule by which
-    ``W[idx] = new`` resolves repeated rows in :meth:`NMFTask.train`.
-    """
-    last = np.empty(read.shape, dtype=bool)
-    stamp = np.empty(n_rows, dtype=np.intp)
-    pos = np.arange(read.shape[1])
-    for t, idx in enumerate(read):  # per step, vectorised over all slots' draws
-        stamp[idx] = pos
-        np.equal(stamp[idx], pos, out=last[t])
-    return last
 
 
 def top_eigenvalues(grams: torch.Tensor) -> torch.Tensor:
@@ -143,10 +129,6 @@ class BatchedNMF:
         self._b = np.ones(B, dtype=np.int64)
         self._sigma = np.zeros(B)
         self._ref_loss = np.ones(B)
-        self._inv_n = torch.ones(B, dtype=dtype)
-        self._inv_bn = torch.ones(B, dtype=dtype)
-        self._sw = torch.zeros(B, dtype=torch.float64)
-        self._sh = torch.zeros(B, dtype=torch.float64)
         self._active = np.zeros(B, dtype=bool)
         self._load_id = np.zeros(B, dtype=np.int64)  # unique id of each slot's last load
         self._sources: list[np.ndarray | None] = [None] * B
@@ -163,20 +145,8 @@ class BatchedNMF:
         for key in ("_sources", "_rngs", "_noise_gens"):
             getattr(self, key)[:keep] = old[key][:keep]
 
-    _SETTINGS = (
-        "_m",
-        "_n",
-        "_r",
-        "_b",
-        "_sigma",
-        "_ref_loss",
-        "_inv_n",
-        "_inv_bn",
-        "_sw",
-        "_sh",
-        "_active",
-        "_load_id",
-    )
+    #: Per-slot numpy arrays that travel with a slot (move, resize, snapshot).
+    _SETTINGS = ("_m", "_n", "_r", "_b", "_sigma", "_ref_loss", "_active", "_load_id")
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -267,10 +237,6 @@ class BatchedNMF:
         self._m[slot], self._n[slot], self._r[slot], self._b[slot] = m, n, r, b
         self._sigma[slot] = sigma
         self._ref_loss[slot] = ref
-        self._inv_n[slot] = 1.0 / n
-        self._inv_bn[slot] = 1.0 / (b * n)
-        self._sw[slot] = sigma / (n * math.sqrt(r)) if sigma > 0 else 0.0
-        self._sh[slot] = sigma / (b * n * math.sqrt(r)) if sigma > 0 else 0.0
         self._active[slot] = True
         self._loads += 1
         self._load_id[slot] = self._loads
@@ -301,8 +267,6 @@ class BatchedNMF:
         self._m[slot] = self._n[slot] = self._r[slot] = self._b[slot] = 1
         self._sigma[slot] = 0.0
         self._ref_loss[slot] = 1.0
-        self._inv_n[slot] = self._inv_bn[slot] = 1.0
-        self._sw[slot] = self._sh[slot] = 0.0
         self._active[slot] = False
         self._load_id[slot] = 0
         self._sources[slot] = None
@@ -387,12 +351,7 @@ class BatchedNMF:
             "H": self._H.clone(),
             "rngs": [g.bit_generator.state for g in self._rngs],
             "noise_rngs": [g.get_state() for g in self._noise_gens],
-            "settings": {
-                key: getattr(self, key).clone()
-                if isinstance(getattr(self, key), torch.Tensor)
-                else getattr(self, key).copy()
-                for key in self._SETTINGS
-            },
+            "settings": {key: getattr(self, key).copy() for key in self._SETTINGS},
             "sources": list(self._sources),
         }
 
@@ -411,7 +370,7 @@ class BatchedNMF:
         self._W.copy_(snap["W"])
         self._H.copy_(snap["H"])
         for key, value in snap["settings"].items():
-            setattr(self, key, value.clone() if isinstance(value, torch.Tensor) else value.copy())
+            setattr(self, key, value.copy())
         self._rngs = [np.random.default_rng() for _ in range(self.n_slots)]
         for gen, state in zip(self._rngs, snap["rngs"], strict=True):
             gen.bit_generator.state = state
@@ -440,107 +399,33 @@ class BatchedNMF:
             self._noise_w[:, slot].zero_()
             self._noise_h[:, slot].zero_()
 
-    def _draw(
-        self, n_steps: int, slots: np.ndarray, hi: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Draw one call's minibatch rows and gradient noise for ``slots`` (the per-call loop).
-
-        Every slot draws exactly what :meth:`NMFTask.train` draws, from its own generators.
-
-        Returns:
-            ``(read, write, noise_w, noise_h)``: flat row indices ``(T, hi*Bmax)`` to gather
-            and to write back, and the zero-padded noise of the W block (transposed,
-            ``(T, hi, R, Bmax)``) and of H (``(T, hi, R, N)``), ``None`` when no slot is
-            noisy. The noise is pre-multiplied by ``sigma / sqrt(r)``, as the kernel
-            expects.
-        """
+    def _draw(self, n_steps: int, slots: np.ndarray, hi: int) -> Draws:
+        """Draw one call's minibatch rows and gradient noise for ``slots`` (see :mod:`.streams`)."""
+        common = {
+            "box": self.max_shape,
+            "zero_row": self._zero_row,
+            "scratch": self._scratch[:hi],
+            "shapes": (self._m[:hi], self._n[:hi], self._r[:hi], self._b[:hi]),
+            "sigma": self._sigma[:hi],
+        }
         if self.rng == "shared":
-            return self._draw_shared(n_steps, slots, hi)
-        M, N, R, P = self.max_shape
-        T = n_steps
-        read = np.full((T, hi, P), self._zero_row, dtype=np.int64)
-        noise_w = noise_h = z_all = None
-        sigma = self._sigma
-        if any(sigma[k] > 0 for k in slots):
-            noise_w, noise_h = self._noise_buffers(T)
-            z_all = torch.empty(T * R * (P + N))  # one slot's draw at a time
-        ms, ns, rs, bs = (x.tolist() for x in (self._m, self._n, self._r, self._b))
-        for k in slots.tolist():
-            m, n, r, b = ms[k], ns[k], rs[k], bs[k]
-            u = self._rngs[k].random((T, b))
-            u *= m
-            block = read[:, k, :b]
-            block[...] = u  # truncates, as the single task's astype(np.intp) does
-            block += k * M
-            if sigma[k] > 0:
-                size = T * (b * r + r * n)
-                z = torch.randn(size, generator=self._noise_gens[k], out=z_all[:size])
-                zw = z[: T * b * r].view(T, b, r).transpose(1, 2)
-                zh = z[T * b * r :].view(T, r, n)
-                scale = float(sigma[k]) / math.sqrt(r)
-                torch.mul(zw, scale, out=noise_w[:, k, :r, :b])
-                torch.mul(zh, scale, out=noise_h[:, k, :r, :n])
-        read = read.reshape(T, hi * P)
-        keep = _last_draws(read, self._zero_row + 1) & (read != self._zero_row)
-        write = np.where(keep, read, self._scratch[:hi].reshape(1, -1))
-        if noise_w is not None:
-            noise_w, noise_h = noise_w[:, :hi], noise_h[:, :hi]
-        return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
-
-    def _draw_shared(
-        self, n_steps: int, slots: np.ndarray, hi: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """:meth:`_draw` of ``rng="shared"``: one draw for the whole batch, block k per slot.
-
-        ``(T, B, Bmax)`` uniforms give the rows (slot ``k`` row ``floor(u m_k)`` of its
-        first ``b_k`` positions, as the single task turns its uniforms into rows); the noise
-        comes from one pool of ``T + B`` normal draws of one step's size, slot ``k`` reading
-        a cyclic shift of it (a random offset per call) times a random sign, zeroed on
-        padding and on noiseless slots. Slot ``k``'s stream is thus a fixed function of the
-        batch seed, the call sequence, ``B`` and its position ``k``, whatever else is loaded;
-        within a slot, noise entries are i.i.d. ``N(0, 1)`` as in the single task, while
-        different slots see shifted copies of the same draws.
-        """
-        M, N, R, P = self.max_shape
-        T = n_steps
-        live = np.zeros(hi, dtype=bool)
-        live[slots] = True
-        ms, bs, rs, ns = self._m[:hi], self._b[:hi], self._r[:hi], self._n[:hi]
-        # drawn for every slot (not only the first hi), so a slot's stream does not depend
-        # on which other slots are loaded
-        u = self._shared_rng.random((T, self.n_slots, P))[:, :hi]
-        u *= ms[None, :, None]
-        rows = u.astype(np.int64)  # truncates, as the single task's astype(np.intp) does
-        rows += (np.arange(hi, dtype=np.int64) * M)[None, :, None]
-        valid = (np.arange(P)[None, :] < bs[:, None]) & live[:, None]
-        read = np.where(valid[None], rows, self._zero_row).reshape(T, hi * P)
-        keep = _last_draws(read, self._zero_row + 1) & (read != self._zero_row)
-        write = np.where(keep, read, self._scratch[:hi].reshape(1, -1))
-        noise_w = noise_h = None
-        sigma = self._sigma[:hi]
-        noisy = live & (sigma > 0)
-        if noisy.any():
-            # one pool of L = T + B standard-normal "rows" (one step's noise each) for the
-            # batch; slot k reads rows (t + offset_k) mod L with a random sign: its own steps
-            # get distinct rows (i.i.d. N(0, 1), as the single task's), at 1/(B+1)-ish of the
-            # draws of per-slot streams
-            L = T + self.n_slots
-            pool = torch.randn(L, R, P + N, generator=self._shared_noise)
-            offset = self._shared_rng.integers(L, size=self.n_slots)[:hi]
-            sign = self._shared_rng.integers(2, size=self.n_slots)[:hi] * 2.0 - 1.0
-            which = (np.arange(T)[:, None] + offset[None, :]) % L
-            z = pool.index_select(0, torch.from_numpy(which.reshape(-1)))
-            z = z.view(T, hi, R, P + N)  # one contiguous copy of whole rows
-            scale = np.where(noisy, sigma / np.sqrt(rs), 0.0) * sign
-            r_ok = np.arange(R)[None, :] < rs[:, None]
-            cols = np.arange(P + N)[None, None, :]
-            ok = np.where(cols < P, cols < bs[:, None, None], cols - P < ns[:, None, None])
-            mask = (r_ok[:, :, None] & ok) * scale[:, None, None]
-            z.mul_(torch.from_numpy(mask).to(z.dtype))  # padding and noiseless slots: zero
-            if self.dtype != z.dtype:
-                z = z.to(self.dtype)
-            noise_w, noise_h = z[..., :P], z[..., P:]
-        return torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h
+            return shared_draws(
+                n_steps,
+                slots,
+                rng=self._shared_rng,
+                noise_gen=self._shared_noise,
+                n_slots=self.n_slots,
+                dtype=self.dtype,
+                **common,
+            )
+        return per_slot_draws(
+            n_steps,
+            slots,
+            rngs=self._rngs,
+            noise_gens=self._noise_gens,
+            noise_storage=self._noise_buffers,
+            **common,
+        )
 
     def train(
         self, n_steps: int, lr: np.ndarray | float, *, track_updates: bool = True
@@ -567,14 +452,11 @@ class BatchedNMF:
         if T == 0 or slots.size == 0:
             return BatchedStepStats.empty(B, T)
         hi = int(slots[-1]) + 1  # slots past the last active one are left out entirely
-        read, write, noise_w, noise_h = self._draw(T, slots, hi)
+        draws = self._draw(T, slots, hi)
         with torch.no_grad():
             out = run_steps(
                 self._workspace(hi),
-                read,
-                write,
-                noise_w,
-                noise_h,
+                *draws,
                 lr=lr[:hi],
                 start=start[:hi],
                 n=self._n[:hi],
