@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metasched.inner_tasks.base import StepStats
-from metasched.inner_tasks.nmf import NMFConfig, NMFFamily, NMFTask, planted_matrix
+from metasched.inner_tasks.nmf import NMFFamily
 from metasched.inner_tasks.nmf_batched import (
     BatchedNMF,
     BatchedStepStats,
@@ -25,17 +25,8 @@ SHAPES = [(30, 20, 3, 5, 0.7), (50, 15, 4, 8, 1.5), (25, 40, 5, 10, 0.3), (40, 3
 RTOL = 1e-6
 
 
-def make_tasks(shapes=SHAPES, **kwargs):
-    tasks = []
-    for i, (m, n, r, b, g) in enumerate(shapes):
-        cfg = NMFConfig(m=m, n=n, rank=r, noise=0.1, grad_noise=g, batch_size=b, seed=10 + i)
-        tasks.append(NMFTask(planted_matrix(cfg), r, batch_size=b, grad_noise=g, **kwargs))
-    return tasks
-
-
-def make_pair(shapes=SHAPES, seed=100, task_kwargs=None, **kwargs):
+def make_pair(tasks, seed=100, **kwargs):
     """Single tasks reset from seed+i and a float64 batch loaded from equal generators."""
-    tasks = make_tasks(shapes, **(task_kwargs or {}))
     kwargs.setdefault("dtype", torch.float64)
     gens = [np.random.default_rng(seed + i) for i in range(len(tasks))]
     batch = BatchedNMF.from_tasks(tasks, gens, **kwargs)
@@ -68,6 +59,15 @@ def assert_stats_match(bstats, k, single: StepStats, track_updates=True):
         assert np.isnan(stats.update_norm)
 
 
+def train_both(batch, tasks, n_steps, lr, slots=None, track_updates=True):
+    """Train the batch and each task (slot ``slots[i]`` holds ``tasks[i]``); check they agree."""
+    bstats = batch.train(n_steps, lr, track_updates=track_updates)
+    for k, task in zip(range(len(tasks)) if slots is None else slots, tasks, strict=True):
+        assert_stats_match(bstats, k, task.train(n_steps, float(lr[k])), track_updates)
+        assert_slot_matches(batch, k, task)
+    return bstats
+
+
 def assert_padding_zero(batch):
     W, H = batch.padded_factors()
     for k, (m, n, r, _) in enumerate(batch.shapes):
@@ -78,18 +78,15 @@ def assert_padding_zero(batch):
 
 
 @pytest.mark.parametrize("track_updates", [True, False])
-def test_matches_single_tasks_over_several_calls(track_updates):
-    tasks, batch = make_pair()
+def test_matches_single_tasks_over_several_calls(track_updates, planted_nmf):
+    tasks, batch = make_pair(planted_nmf(SHAPES))
     assert batch.max_shape == (50, 40, 5, 10)
     np.testing.assert_allclose(batch.evaluate(), [t.evaluate() for t in tasks], rtol=RTOL)
     for call, n_steps in enumerate([7, 13, 1, 20, 9]):
         lr = single_lrs(tasks, factor=0.3 + 0.1 * call)
-        bstats = batch.train(n_steps, lr, track_updates=track_updates)
+        bstats = train_both(batch, tasks, n_steps, lr, track_updates=track_updates)
         assert isinstance(bstats, BatchedStepStats)
         assert bstats.losses.shape == (4, n_steps)
-        for k, task in enumerate(tasks):
-            assert_stats_match(bstats, k, task.train(n_steps, float(lr[k])), track_updates)
-            assert_slot_matches(batch, k, task)
         np.testing.assert_allclose(batch.evaluate(), [t.evaluate() for t in tasks], rtol=RTOL)
         np.testing.assert_allclose(batch.lr_bound(), [t.lr_bound() for t in tasks], rtol=RTOL)
         assert_padding_zero(batch)
@@ -102,10 +99,10 @@ def test_matches_single_tasks_over_several_calls(track_updates):
         assert snap["ref_loss"] == ref["ref_loss"]
 
 
-def test_slot_snapshot_restores_into_a_single_task():
-    tasks, batch = make_pair()
+def test_slot_snapshot_restores_into_a_single_task(planted_nmf):
+    tasks, batch = make_pair(planted_nmf(SHAPES))
     batch.train(10, single_lrs(tasks))
-    clone = make_tasks()[2]
+    clone = planted_nmf(SHAPES)[2]
     clone.restore(batch.slot_snapshot(2))
     expected = clone.train(8, 0.1)
     got = batch.train(8, np.full(4, 0.1)).for_slot(2)
@@ -113,24 +110,21 @@ def test_slot_snapshot_restores_into_a_single_task():
     assert_slot_matches(batch, 2, clone)
 
 
-def test_mixed_noise_and_zero_lr_match_single_tasks():
+def test_mixed_noise_and_zero_lr_match_single_tasks(planted_nmf):
     shapes = [(30, 20, 3, 5, 0.0), (25, 40, 5, 10, 0.8), (40, 30, 2, 4, 0.0)]
-    tasks, batch = make_pair(shapes)
+    tasks, batch = make_pair(planted_nmf(shapes))
     lr = single_lrs(tasks)
     lr[1] = 0.0  # still draws minibatches and noise, reports losses, does not move
     W1, H1 = batch.factors(1)
     for _ in range(3):
-        bstats = batch.train(11, lr)
-        for k, task in enumerate(tasks):
-            assert_stats_match(bstats, k, task.train(11, float(lr[k])))
-            assert_slot_matches(batch, k, task)
+        train_both(batch, tasks, 11, lr)
     np.testing.assert_array_equal(batch.factors(1)[0], W1)
     np.testing.assert_array_equal(batch.factors(1)[1], H1)
     assert_padding_zero(batch)
 
 
-def test_divergence_freezes_only_that_slot():
-    tasks, batch = make_pair()
+def test_divergence_freezes_only_that_slot(planted_nmf):
+    tasks, batch = make_pair(planted_nmf(SHAPES))
     lr = single_lrs(tasks)
     lr[1] = 1e4 * tasks[1].lr_bound()
     bstats = batch.train(15, lr)
@@ -148,29 +142,23 @@ def test_divergence_freezes_only_that_slot():
     frozen = batch.factors(1)
     rng_state = batch.slot_snapshot(1)["rng"]
     lr = single_lrs([tasks[0], tasks[0], tasks[2], tasks[3]])
-    bstats = batch.train(12, lr)
+    others = [tasks[k] for k in (0, 2, 3)]
+    bstats = train_both(batch, others, 12, lr, slots=(0, 2, 3))
     assert bstats.n_done[1] == 0 and not bstats.diverged[1] and np.isnan(bstats.losses[1]).all()
     assert batch.slot_snapshot(1)["rng"] == rng_state
     np.testing.assert_array_equal(batch.factors(1)[0], frozen[0])
     np.testing.assert_array_equal(batch.factors(1)[1], frozen[1])
-    for k in (0, 2, 3):
-        assert_stats_match(bstats, k, tasks[k].train(12, float(lr[k])))
-        assert_slot_matches(batch, k, tasks[k])
 
     # reloading makes the slot active again, identical to a freshly reset task
     batch.load(1, tasks[1], np.random.default_rng(7))
     tasks[1].reset(np.random.default_rng(7))
     assert batch.active.all()
-    lr = single_lrs(tasks)
-    bstats = batch.train(10, lr)
-    for k, task in enumerate(tasks):
-        assert_stats_match(bstats, k, task.train(10, float(lr[k])))
-        assert_slot_matches(batch, k, task)
+    train_both(batch, tasks, 10, single_lrs(tasks))
     assert_padding_zero(batch)
 
 
-def test_snapshot_restore_reproduces():
-    tasks, batch = make_pair()
+def test_snapshot_restore_reproduces(planted_nmf):
+    tasks, batch = make_pair(planted_nmf(SHAPES))
     lr = single_lrs(tasks)
     batch.train(5, lr)
     snap = batch.snapshot()
@@ -181,7 +169,7 @@ def test_snapshot_restore_reproduces():
 
     stats_a, (Wa, Ha), eval_a = run()
     # reload one slot with another problem in between: restore brings the old one back
-    batch.load(2, make_tasks([(12, 9, 2, 3, 0.5)])[0], np.random.default_rng(3))
+    batch.load(2, planted_nmf([(12, 9, 2, 3, 0.5)])[0], np.random.default_rng(3))
     batch.restore(snap)
     stats_b, (Wb, Hb), eval_b = run()
     np.testing.assert_array_equal(Wa, Wb)
@@ -193,8 +181,8 @@ def test_snapshot_restore_reproduces():
     assert_padding_zero(batch)
 
 
-def test_empty_slots_and_validation():
-    tasks = make_tasks()[:2]
+def test_empty_slots_and_validation(planted_nmf):
+    tasks = planted_nmf(SHAPES)[:2]
     batch = BatchedNMF(3, (50, 20, 4, 8), dtype=torch.float64)
     batch.load(0, tasks[0], np.random.default_rng(0))
     assert batch.active.tolist() == [True, False, False]
@@ -206,7 +194,7 @@ def test_empty_slots_and_validation():
     with pytest.raises(ValueError, match="lr"):
         batch.train(3, np.array([np.inf, 0.1, 0.1]))
     with pytest.raises(ValueError, match="max_shape"):
-        batch.load(1, make_tasks([(60, 10, 2, 4, 0.1)])[0], np.random.default_rng(0))
+        batch.load(1, planted_nmf([(60, 10, 2, 4, 0.1)])[0], np.random.default_rng(0))
     with pytest.raises(IndexError):
         batch.load(3, tasks[0], np.random.default_rng(0))
     with pytest.raises(ValueError, match="n_steps"):
@@ -216,27 +204,23 @@ def test_empty_slots_and_validation():
 
 
 # -- update cap, zero rates, inactive slots, float32 ------------------------------------
-def test_update_cap_and_zero_lr_match_single_tasks():
+def test_update_cap_and_zero_lr_match_single_tasks(planted_nmf):
     cap = 2e-3
     shapes = [(30, 20, 3, 5, 0.0), (25, 40, 5, 10, 0.8), (40, 30, 2, 4, 1.2)]
-    tasks, batch = make_pair(shapes, task_kwargs={"update_cap": cap}, update_cap=cap)
+    tasks, batch = make_pair(planted_nmf(shapes, update_cap=cap), update_cap=cap)
     total = np.zeros(3, dtype=int)
     for call in range(3):
         lr = single_lrs(tasks, factor=0.9)
         lr[1] = 0.0 if call == 1 else lr[1]  # draws, reports losses, does not move
-        bstats = batch.train(10, lr)
-        for k, task in enumerate(tasks):
-            assert_stats_match(bstats, k, task.train(10, float(lr[k])))
-            assert_slot_matches(batch, k, task)
-        total += bstats.capped
+        total += train_both(batch, tasks, 10, lr).capped
     assert (total > 0).all()
     assert_padding_zero(batch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_inactive_slots_stay_frozen(dtype):
+def test_inactive_slots_stay_frozen(dtype, planted_nmf):
     """An inactive slot inside the computed range draws nothing and does not move."""
-    tasks, batch = make_pair(dtype=dtype)
+    tasks, batch = make_pair(planted_nmf(SHAPES), dtype=dtype)
     batch.train(5, single_lrs(tasks))
     batch.deactivate(1)
     W, H = batch.factors(1)
@@ -250,8 +234,8 @@ def test_inactive_slots_stay_frozen(dtype):
     assert_padding_zero(batch)
 
 
-def test_float32_tracks_float64():
-    tasks = make_tasks()
+def test_float32_tracks_float64(planted_nmf):
+    tasks = planted_nmf(SHAPES)
     b32 = BatchedNMF.from_tasks(tasks, [np.random.default_rng(5 + i) for i in range(4)])
     assert b32.dtype == torch.float32
     ref = BatchedNMF.from_tasks(
@@ -268,13 +252,13 @@ def test_float32_tracks_float64():
     assert_padding_zero(b32)
 
 
-def test_float32_snapshot_restore_reproduces():
-    tasks, batch = make_pair(dtype=torch.float32)
+def test_float32_snapshot_restore_reproduces(planted_nmf):
+    tasks, batch = make_pair(planted_nmf(SHAPES), dtype=torch.float32)
     lr = single_lrs(tasks)
     batch.train(5, lr)
     snap = batch.snapshot()
     first = batch.train(7, lr).losses, batch.evaluate()
-    batch.load(1, make_tasks([(12, 9, 2, 3, 0.5)])[0], np.random.default_rng(3))
+    batch.load(1, planted_nmf([(12, 9, 2, 3, 0.5)])[0], np.random.default_rng(3))
     batch.restore(snap)
     again = batch.train(7, lr).losses, batch.evaluate()
     np.testing.assert_array_equal(first[0], again[0])
@@ -283,9 +267,9 @@ def test_float32_snapshot_restore_reproduces():
 
 
 # -- slot management: trailing slots, move, resize -------------------------------------------
-def test_trailing_empty_slots_change_nothing():
+def test_trailing_empty_slots_change_nothing(planted_nmf):
     """A call covers the slots up to the last active one; the rest are left as they are."""
-    tasks = make_tasks()
+    tasks = planted_nmf(SHAPES)
     small = BatchedNMF.from_tasks(
         tasks, [np.random.default_rng(i) for i in range(4)], dtype=torch.float64
     )
@@ -309,8 +293,8 @@ def test_trailing_empty_slots_change_nothing():
     assert_padding_zero(big)
 
 
-def test_move_and_resize_carry_the_full_state():
-    tasks, batch = make_pair()
+def test_move_and_resize_carry_the_full_state(planted_nmf):
+    tasks, batch = make_pair(planted_nmf(SHAPES))
     batch.train(6, single_lrs(tasks))
     for task in tasks:
         task.train(6, 0.5 * task.lr_bound())  # the same rates: lr_bound was taken before
@@ -321,10 +305,7 @@ def test_move_and_resize_carry_the_full_state():
     order = [5, 1, 2, 3]
     lr = np.zeros(6)
     lr[order] = single_lrs(tasks)
-    bstats = batch.train(11, lr)
-    for k, task in zip(order, tasks, strict=True):
-        assert_stats_match(bstats, k, task.train(11, float(lr[k])))
-        assert_slot_matches(batch, k, task)
+    train_both(batch, tasks, 11, lr, slots=order)
     assert_padding_zero(batch)
     batch.resize(3)  # shrinking drops slots 3.. (here: the moved problem)
     assert batch.n_slots == 3 and batch.active.tolist() == [False, True, True]
@@ -368,10 +349,7 @@ def test_bucketed_slots_match_single_tasks():
     for call in range(4):
         lr = np.array([0.45 * t.lr_bound() for t in tasks])
         np.testing.assert_allclose(batch.lr_bound(), 2 * lr / 0.9, rtol=RTOL)
-        bstats = batch.train(8, lr)
-        for k, task in enumerate(tasks):
-            assert_stats_match(bstats, k, task.train(8, float(lr[k])))
-            assert_slot_matches(batch, k, task)
+        train_both(batch, tasks, 8, lr)
         np.testing.assert_allclose(batch.evaluate(), [t.evaluate() for t in tasks], rtol=RTOL)
         # new problems for a few slots: they change class, the classes re-pack
         for k in (call, call + 5):

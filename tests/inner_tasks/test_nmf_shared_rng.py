@@ -14,17 +14,9 @@ SHAPES = [(30, 20, 3, 5, 0.7), (50, 15, 4, 8, 1.5), (25, 40, 5, 10, 0.0)]
 BOX = (50, 40, 5, 10)
 
 
-def tasks():
-    out = []
-    for i, (m, n, r, b, g) in enumerate(SHAPES):
-        cfg = NMFConfig(m=m, n=n, rank=r, noise=0.1, grad_noise=g, batch_size=b, seed=10 + i)
-        out.append(NMFTask(planted_matrix(cfg), r, batch_size=b, grad_noise=g))
-    return out
-
-
-def run(rng_seed=0, loaded=(0, 1, 2), n_slots=4, calls=3):
+def run(ts, rng_seed=0, loaded=(0, 1, 2), n_slots=4, calls=3):
+    """Load ``ts[k]`` for ``k`` in ``loaded`` into a shared-RNG batch; train ``calls`` times."""
     batch = BatchedNMF(n_slots, BOX, dtype=torch.float64, rng="shared", rng_seed=rng_seed)
-    ts = tasks()
     for k in loaded:
         batch.load(k, ts[k], np.random.default_rng(100 + k))
     lr = 0.5 * batch.lr_bound()
@@ -33,22 +25,22 @@ def run(rng_seed=0, loaded=(0, 1, 2), n_slots=4, calls=3):
     return batch, out
 
 
-def test_shared_mode_is_deterministic_and_trains():
-    batch, out = run()
-    again, out2 = run()
+def test_shared_mode_is_deterministic_and_trains(planted_nmf):
+    batch, out = run(planted_nmf(SHAPES))
+    again, out2 = run(planted_nmf(SHAPES))
     for a, b in zip(out, out2, strict=True):
         np.testing.assert_array_equal(a.losses, b.losses)
-    _, other = run(rng_seed=1)
+    _, other = run(planted_nmf(SHAPES), rng_seed=1)
     assert not np.array_equal(out[0].losses[:3], other[0].losses[:3])
     first, last = out[0].losses[:3, 0], out[-1].losses[:3, -1]
     assert (last < 0.7 * first).all() and not out[-1].diverged.any()
     np.testing.assert_allclose(batch.evaluate([0, 1, 2]), again.evaluate([0, 1, 2]), rtol=0)
 
 
-def test_a_slot_stream_does_not_depend_on_the_other_problems():
+def test_a_slot_stream_does_not_depend_on_the_other_problems(planted_nmf):
     """Slot 0 alone and slot 0 beside two other problems see the same draws."""
-    _, alone = run(loaded=(0,))
-    _, shared = run(loaded=(0, 1, 2))
+    _, alone = run(planted_nmf(SHAPES), loaded=(0,))
+    _, shared = run(planted_nmf(SHAPES), loaded=(0, 1, 2))
     for a, b in zip(alone, shared, strict=True):
         np.testing.assert_allclose(a.losses[0], b.losses[0], rtol=1e-12)
 
