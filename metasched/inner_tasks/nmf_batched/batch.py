@@ -21,7 +21,12 @@ from metasched.inner_tasks.nmf_batched.stats import (
     check_int,
     check_lr,
 )
-from metasched.inner_tasks.nmf_batched.streams import Draws, per_slot_draws, shared_draws
+from metasched.inner_tasks.nmf_batched.streams import (
+    Draws,
+    SlotLayout,
+    per_slot_draws,
+    shared_draws,
+)
 
 __all__ = ["BatchedNMF", "bound_from_lipschitz", "top_eigenvalues"]
 
@@ -401,30 +406,30 @@ class BatchedNMF:
 
     def _draw(self, n_steps: int, slots: np.ndarray, hi: int) -> Draws:
         """Draw one call's minibatch rows and gradient noise for ``slots`` (see :mod:`.streams`)."""
-        common = {
-            "box": self.max_shape,
-            "zero_row": self._zero_row,
-            "scratch": self._scratch[:hi],
-            "shapes": (self._m[:hi], self._n[:hi], self._r[:hi], self._b[:hi]),
-            "sigma": self._sigma[:hi],
-        }
+        layout = SlotLayout(
+            box=self.max_shape,
+            zero_row=self._zero_row,
+            scratch=self._scratch[:hi],
+            shapes=(self._m[:hi], self._n[:hi], self._r[:hi], self._b[:hi]),
+            sigma=self._sigma[:hi],
+        )
         if self.rng == "shared":
             return shared_draws(
                 n_steps,
                 slots,
+                layout,
                 rng=self._shared_rng,
                 noise_gen=self._shared_noise,
                 n_slots=self.n_slots,
                 dtype=self.dtype,
-                **common,
             )
         return per_slot_draws(
             n_steps,
             slots,
+            layout,
             rngs=self._rngs,
             noise_gens=self._noise_gens,
             noise_storage=self._noise_buffers,
-            **common,
         )
 
     def train(

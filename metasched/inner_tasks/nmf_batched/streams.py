@@ -25,10 +25,22 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Draws", "last_draws", "per_slot_draws", "shared_draws"]
+__all__ = ["Draws", "SlotLayout", "last_draws", "per_slot_draws", "shared_draws"]
 
-#: ``(m, n, rank, batch_size)`` of the first ``hi`` slots, one int array each.
-Shapes = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+class SlotLayout(NamedTuple):
+    """The first ``hi`` slots of a batch, as the draws see them."""
+
+    #: the padding box ``(M, N, R, Bmax)``.
+    box: tuple[int, int, int, int]
+    #: index of the all-zero row that padded minibatch positions read.
+    zero_row: int
+    #: ``(hi, Bmax)`` the slots' private scratch rows.
+    scratch: np.ndarray
+    #: ``(m, n, rank, batch_size)`` of the slots, one int array ``(hi,)`` each.
+    shapes: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    #: ``(hi,)`` gradient-noise scales.
+    sigma: np.ndarray
 
 
 class Draws(NamedTuple):
@@ -59,28 +71,23 @@ def last_draws(read: np.ndarray, n_rows: int) -> np.ndarray:
     return last
 
 
-def _layout(
+def _with_targets(
     read: np.ndarray,
-    zero_row: int,
-    scratch: np.ndarray,
+    layout: SlotLayout,
     noise_w: torch.Tensor | None,
     noise_h: torch.Tensor | None,
 ) -> Draws:
     """Pair the gathered rows with their write targets: the last draw of a row writes it."""
-    keep = last_draws(read, zero_row + 1) & (read != zero_row)
-    write = np.where(keep, read, scratch.reshape(1, -1))
+    keep = last_draws(read, layout.zero_row + 1) & (read != layout.zero_row)
+    write = np.where(keep, read, layout.scratch.reshape(1, -1))
     return Draws(torch.from_numpy(read), torch.from_numpy(write), noise_w, noise_h)
 
 
 def per_slot_draws(
     n_steps: int,
     slots: np.ndarray,
+    layout: SlotLayout,
     *,
-    box: tuple[int, int, int, int],
-    zero_row: int,
-    scratch: np.ndarray,
-    shapes: Shapes,
-    sigma: np.ndarray,
     rngs: Sequence[np.random.Generator],
     noise_gens: Sequence[torch.Generator],
     noise_storage: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
@@ -89,25 +96,22 @@ def per_slot_draws(
 
     Args:
         n_steps: steps ``T`` of the call.
-        slots: the active slots (all ``< hi``, the length of ``shapes``).
-        box: the padding box ``(M, N, R, Bmax)``.
-        zero_row: index of the all-zero row.
-        scratch: ``(hi, Bmax)`` the slots' scratch rows.
-        shapes: ``(m, n, rank, batch_size)`` of the first ``hi`` slots.
-        sigma: ``(hi,)`` gradient-noise scales.
+        slots: the active slots (all ``< hi``).
+        layout: the first ``hi`` slots.
         rngs: per-slot minibatch generators (indexed by slot).
         noise_gens: per-slot noise generators (indexed by slot).
         noise_storage: returns zero-padded ``(T, B, R, Bmax)`` and ``(T, B, R, N)`` noise
             storage whose padding stays zero (each noisy slot overwrites its own block).
     """
-    M, N, R, P = box
+    M, N, R, P = layout.box
+    sigma = layout.sigma
     T, hi = n_steps, sigma.size
-    read = np.full((T, hi, P), zero_row, dtype=np.int64)
+    read = np.full((T, hi, P), layout.zero_row, dtype=np.int64)
     noise_w = noise_h = z_all = None
     if any(sigma[k] > 0 for k in slots):
         noise_w, noise_h = noise_storage(T)
         z_all = torch.empty(T * R * (P + N))  # one slot's draw at a time
-    ms, ns, rs, bs = (x.tolist() for x in shapes)
+    ms, ns, rs, bs = (x.tolist() for x in layout.shapes)
     for k in slots.tolist():
         m, n, r, b = ms[k], ns[k], rs[k], bs[k]
         u = rngs[k].random((T, b))
@@ -127,18 +131,14 @@ def per_slot_draws(
     if noise_w is not None:
         assert noise_h is not None
         noise_w, noise_h = noise_w[:, :hi], noise_h[:, :hi]
-    return _layout(read.reshape(T, hi * P), zero_row, scratch, noise_w, noise_h)
+    return _with_targets(read.reshape(T, hi * P), layout, noise_w, noise_h)
 
 
 def shared_draws(
     n_steps: int,
     slots: np.ndarray,
+    layout: SlotLayout,
     *,
-    box: tuple[int, int, int, int],
-    zero_row: int,
-    scratch: np.ndarray,
-    shapes: Shapes,
-    sigma: np.ndarray,
     rng: np.random.Generator,
     noise_gen: torch.Generator,
     n_slots: int,
@@ -157,22 +157,19 @@ def shared_draws(
 
     Args:
         n_steps: steps ``T`` of the call.
-        slots: the active slots (all ``< hi``, the length of ``shapes``).
-        box: the padding box ``(M, N, R, Bmax)``.
-        zero_row: index of the all-zero row.
-        scratch: ``(hi, Bmax)`` the slots' scratch rows.
-        shapes: ``(m, n, rank, batch_size)`` of the first ``hi`` slots.
-        sigma: ``(hi,)`` gradient-noise scales.
+        slots: the active slots (all ``< hi``).
+        layout: the first ``hi`` slots.
         rng: the batch's minibatch generator (also draws the noise offsets and signs).
         noise_gen: the batch's noise generator.
         n_slots: slots ``B`` of the batch (every slot's block is drawn).
         dtype: the compute dtype the noise is returned in.
     """
-    M, N, R, P = box
+    M, N, R, P = layout.box
+    sigma, zero_row = layout.sigma, layout.zero_row
     T, hi = n_steps, sigma.size
     live = np.zeros(hi, dtype=bool)
     live[slots] = True
-    ms, ns, rs, bs = shapes
+    ms, ns, rs, bs = layout.shapes
     # drawn for every slot (not only the first hi), so a slot's stream does not depend
     # on which other slots are loaded
     u = rng.random((T, n_slots, P))[:, :hi]
@@ -204,4 +201,4 @@ def shared_draws(
         if dtype != z.dtype:
             z = z.to(dtype)
         noise_w, noise_h = z[..., :P], z[..., P:]
-    return _layout(read, zero_row, scratch, noise_w, noise_h)
+    return _with_targets(read, layout, noise_w, noise_h)
