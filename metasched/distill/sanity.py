@@ -18,7 +18,7 @@ import numpy as np
 
 from metasched.distill.tuning import log_score, tune_curve
 from metasched.inner_tasks.base import InnerTask, TaskFamily, check_split
-from metasched.loop import DEFAULT_KAPPA, ClipMode
+from metasched.loop import DEFAULT_CLIP, DEFAULT_KAPPA, ClipMode
 from metasched.schedulers import make_scheduler, run_schedule
 
 __all__ = ["SchedulingCheck", "constant_vs_cosine", "run_open_loop"]
@@ -34,7 +34,7 @@ def run_open_loop(
     budget: int,
     interval: int,
     seed: int,
-    clip: ClipMode = "deterministic",
+    clip: ClipMode = DEFAULT_CLIP,
     kappa: float = DEFAULT_KAPPA,
 ) -> float:
     """Train ``task`` with a ``constant`` or ``cosine`` schedule; return the final full loss.
@@ -132,7 +132,7 @@ def constant_vs_cosine(
     budget: int = 2000,
     interval: int = 50,
     grid: Sequence[float] = DEFAULT_GRID,
-    clip: ClipMode = "deterministic",
+    clip: ClipMode = DEFAULT_CLIP,
     kappa: float = DEFAULT_KAPPA,
 ) -> SchedulingCheck:
     """Tune constant and cosine LRs on ``train`` instances; run the picks on ``split``.
