@@ -120,7 +120,7 @@ def test_measured_bound_is_amortised():
         drv.advance(0.05)
     # 21 bound queries (start + 20 intervals), re-measured on every 10th, warm-started
     assert drv.estimator.n_measurements == 3
-    assert drv.extra_steps < 0.2 * 800
+    assert drv.extra_steps < 0.3 * 800  # cold start ~90 steps, then ~30-80 per re-measurement
 
 
 def test_bad_clip_and_kappa_measured_are_rejected():
