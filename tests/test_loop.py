@@ -11,7 +11,13 @@ from metasched.distill.compare import CompareSpec
 from metasched.envs.batched import BatchedNMFVecEnv
 from metasched.envs.lr_control import LRControlEnv
 from metasched.inner_tasks.nmf import NMFTask
-from metasched.loop import ANALYTIC_SCALE, DEFAULT_CLIP, DEFAULT_KAPPA, DEFAULT_KAPPA_MEASURED, Driver
+from metasched.loop import (
+    ANALYTIC_SCALE,
+    DEFAULT_CLIP,
+    DEFAULT_KAPPA,
+    DEFAULT_KAPPA_MEASURED,
+    Driver,
+)
 from metasched.schedulers import make_scheduler
 from metasched.schedulers.runner import Run, run_schedule
 
@@ -125,7 +131,7 @@ def test_measured_bound_is_amortised():
 
 def test_bad_clip_and_kappa_measured_are_rejected():
     task = _mlp_task()
-    with pytest.raises(ValueError, match="clip must be one of.*'sometimes'"):
+    with pytest.raises(ValueError, match=r"clip must be one of.*'sometimes'"):
         Driver(task, 10, 5, clip="sometimes")
-    with pytest.raises(ValueError, match="kappa_measured must be .* got -1"):
+    with pytest.raises(ValueError, match=r"kappa_measured must be .* got -1"):
         Driver(task, 10, 5, kappa_measured=-1)

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 import metasched  # noqa: F401 - registers the envs
 from metasched.agents.export import export_model, obs_norm_from_vecnormalize
 from metasched.errors import ExportError
-from metasched.features import FEATURE_NAMES
+from metasched.features import FEATURE_NAMES, N_FEATURES
 from metasched.policyfile import load_policy
 
 ENV_ID = "metasched/NMF-v0"
@@ -139,9 +139,8 @@ def trained(tmp_path_factory):
 
 def _random_obs(n=N_OBS, seed=0):
     space = gym.make(ENV_ID).observation_space
-    return (
-        np.random.default_rng(seed).uniform(space.low, space.high, size=(n, 12)).astype(np.float32)
-    )
+    rng = np.random.default_rng(seed)
+    return rng.uniform(space.low, space.high, size=(n, N_FEATURES)).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", FEEDFORWARD)
@@ -169,7 +168,7 @@ def test_recurrent_actions_and_states_equal_sb3_over_sequences(trained, name):
     t = trained(name)
     pol = load_policy(t.path)
     n, steps = 4, N_OBS // 4 + 1
-    obs = _random_obs(n * steps, seed=1).reshape(steps, n, 12)
+    obs = _random_obs(n * steps, seed=1).reshape(steps, n, N_FEATURES)
     starts = np.random.default_rng(2).random((steps, n)) < 0.1
     starts[0] = True
     ours = ref = None
