@@ -17,7 +17,7 @@ equal-work ratios.
    (update norms on both) and the fast kernel (update norms on neither, as the vector env
    calls it);
 4. vector envs, env only (no agent): transitions per second (``VecEnv.step`` calls x
-   ``num_envs``) with random valid actions on ``metasched/NMF-v0`` (default env kwargs,
+   ``num_envs``) with random valid actions on ``metasched/NMF-v1`` (default env kwargs,
    split ``train``). Single process, float64 on both sides: an SB3 ``DummyVecEnv`` of 8
    ``LRControlEnv`` against ``BatchedNMFVecEnv`` in float64 with one process (the exact and
    the fast kernel). There is no float32 single env, so the float32 batched env has no
@@ -191,7 +191,7 @@ def _make_single_env() -> object:
 
     import metasched  # noqa: F401  (registers the env ids, also in worker processes)
 
-    return gym.make("metasched/NMF-v0", split="train")
+    return gym.make("metasched/NMF-v1", split="train")
 
 
 def time_vecenv(venv, warmup: int, steps: int, seed: int = 0) -> dict[str, float]:

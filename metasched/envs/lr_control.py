@@ -167,7 +167,7 @@ class LRControlEnv(gym.Env):
     Example:
         >>> import gymnasium as gym
         >>> import metasched
-        >>> env = gym.make("metasched/NMF-v0", split="test", budget=100, steps_per_action=25)
+        >>> env = gym.make("metasched/NMF-v1", split="test", budget=100, steps_per_action=25)
         >>> obs, info = env.reset(seed=0)
         >>> obs.shape, env.action_space
         ((11,), Discrete(3))

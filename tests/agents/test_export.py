@@ -22,7 +22,7 @@ from metasched.errors import ExportError
 from metasched.features import FEATURE_NAMES, N_FEATURES
 from metasched.policyfile import load_policy
 
-ENV_ID = "metasched/NMF-v0"
+ENV_ID = "metasched/NMF-v1"
 TINY_ENV = {"budget": 200, "steps_per_action": 50}
 N_OBS = 1000
 ON = {"n_steps": 32, "batch_size": 32, "n_epochs": 2}
@@ -329,8 +329,8 @@ def test_unsupported_models_are_named(tmp_path, make, match):
 def test_bad_arguments(trained, tmp_path):
     t = trained("ppo-discrete3")
     kw = {"env_kwargs": t.env_kwargs, "obs_norm": None}
-    with pytest.raises(ExportError, match="unknown env id 'nope/X-v0'"):
-        export_model(t.model, tmp_path / "a.msched", env_id="nope/X-v0", **kw)
+    with pytest.raises(ExportError, match="unknown env id 'nope/X-v1'"):
+        export_model(t.model, tmp_path / "a.msched", env_id="nope/X-v1", **kw)
     with pytest.raises(ExportError, match="obs_norm\\['mean'\\] must have 12 values"):
         export_model(
             t.model,

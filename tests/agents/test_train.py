@@ -41,7 +41,7 @@ def tiny_config(algo, **over):
         **TINY[algo],
         **over,
     }
-    return load_config(algo, "metasched/NMF-v0", overrides=overrides)
+    return load_config(algo, "metasched/NMF-v1", overrides=overrides)
 
 
 @pytest.mark.parametrize("algo", sorted(TINY))

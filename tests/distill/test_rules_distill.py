@@ -23,12 +23,12 @@ ENV = {"budget": 200, "steps_per_action": 50, "action": "discrete3"}
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    venv = DummyVecEnv([lambda: gym.make("metasched/NMF-v0", **ENV)])
+    venv = DummyVecEnv([lambda: gym.make("metasched/NMF-v1", **ENV)])
     model = PPO("MlpPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0,
                 policy_kwargs={"net_arch": [8]}, device="cpu")  # fmt: skip
     model.learn(64)
     path = tmp_path_factory.mktemp("policy") / "p.msched"
-    return export_model(model, path, env_id="metasched/NMF-v0", env_kwargs=ENV, obs_norm=None)
+    return export_model(model, path, env_id="metasched/NMF-v1", env_kwargs=ENV, obs_norm=None)
 
 
 def test_rollout_records_every_applied_decision(policy):
