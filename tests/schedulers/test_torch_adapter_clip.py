@@ -105,14 +105,14 @@ def test_fork_test_leaves_model_optimizer_and_rng_untouched(opt_name):
     assert opt.param_groups[0]["lr"] == OPTIMIZERS[opt_name]([torch.zeros(1)]).defaults["lr"]
 
 
-def test_bad_clip_arguments_are_clear(tmp_path):
-    model, batches, loss_fn = problem()
+def test_bad_clip_arguments_are_clear():
+    model, _, loss_fn = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with pytest.raises(ConfigError, match="no analytic bound: use 'measured' or 'auto'"):
         TorchLRScheduler(opt, "constant", clip="deterministic", loss_fn=loss_fn)
     with pytest.raises(ConfigError, match="pass loss_fn="):
         TorchLRScheduler(opt, "constant", clip="auto")
-    with pytest.raises(ConfigError, match="kappa must be .* got 0"):
+    with pytest.raises(ConfigError, match=r"kappa must be .* got 0"):
         TorchLRScheduler(opt, "constant", clip="auto", loss_fn=loss_fn, kappa=0)
     sched = TorchLRScheduler(opt, "constant", clip="measured", loss_fn=loss_fn)
     with pytest.raises(ValueError, match="call step\\(loss, batch=batch\\)"):
