@@ -27,8 +27,11 @@ bound, as before (so NMF runs clip exactly as they always did), and ``kappa_meas
 the fork test was at or below the empirical limit at 95-100% of the validation checkpoints.
 
 The measured bound is amortised (re-measured every few decisions with a warm start, see the
-estimators' ``every``) and its cost, in SGD-step units, is :attr:`Driver.extra_steps`, which
-the runner adds to the run's ``compute``.
+estimators' ``every``), and also re-measured before an LR is applied that is higher than every
+LR applied since the last measurement and above :data:`RECHECK_FRACTION` of the bound (so an
+LR ramp always meets a fresh bound, while steady or decaying schedules pay only the amortised
+cost). Its cost, in SGD-step units, is :attr:`Driver.extra_steps`, which the runner adds to
+the run's ``compute``.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ DEFAULT_KAPPA = 2.0
 DEFAULT_KAPPA_MEASURED = 0.707
 #: An analytic bound times this is the estimated largest stable LR (the common scale).
 ANALYTIC_SCALE = 2.0
+#: A requested LR above this fraction of a measured bound, and above every LR applied since
+#: the bound was measured, triggers a re-measurement before it is applied (the bound of a
+#: network can fall between the amortised measurements: progressive sharpening).
+RECHECK_FRACTION = 0.25
 
 
 def default_estimator(task: Any, interval: int) -> ForkTestEstimator | StabilityEstimator:
@@ -174,6 +181,8 @@ class Driver:
         self._raw: float | None = None
         self._scale = 1.0
         self._factor = self.kappa
+        self._tested_lr = 0.0  # highest LR applied since the measured bound was measured
+        self._applied_lr = 0.0  # the LR of the latest interval
         self.measure_val = task.has_validation if measure_val is None else bool(measure_val)
         self.step = 0
         self.diverged = False
@@ -212,10 +221,29 @@ class Driver:
                 task.stability = saved
         return float(est.bound(task))
 
+    def _recheck(self, lr: float) -> None:
+        """Re-measure the bound now if ``lr`` (as clipped) ramps above what it was checked under."""
+        raw = self._raw
+        if self.source != "measured" or raw is None or not math.isfinite(raw):
+            return
+        would = min(lr, self._factor * raw) if self.clip != "none" else lr
+        if would <= self._tested_lr or would < RECHECK_FRACTION * raw:
+            return
+        est, task = self.estimator, self.task
+        assert est is not None
+        measure = getattr(task, "measured_lr_bound", None)  # under the task's thread setting
+        raw = float(measure(est)) if callable(measure) else float(est.measure(task).bound)
+        self._raw, self._bound = raw, raw
+        self._tested_lr = 0.0
+
     def _update_bound(self) -> None:
         """Refresh the raw bound, its clip factor and the common-scale bound of the signal."""
         if self.source == "measured":
+            assert self.estimator is not None
+            before = self.estimator.n_measurements
             raw: float | None = self._measure()
+            if self.estimator.n_measurements != before:  # measured under the LR in use
+                self._tested_lr = self._applied_lr
             measured = True
         else:
             if self.source == "noise_aware":
@@ -236,6 +264,7 @@ class Driver:
         self.diverged = False
         self.clip_count = 0
         self.capped_count = 0
+        self._tested_lr = self._applied_lr = 0.0
         if self.estimator is not None:
             self.estimator.reset()
         self._update_bound()
@@ -261,7 +290,14 @@ class Driver:
             "diverged": self.diverged,
             "clip_count": self.clip_count,
             "capped_count": self.capped_count,
-            "bound": (self._raw, self._scale, self._factor, self._bound),
+            "bound": (
+                self._raw,
+                self._scale,
+                self._factor,
+                self._bound,
+                self._tested_lr,
+                self._applied_lr,
+            ),
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -271,7 +307,9 @@ class Driver:
         self.diverged = snap["diverged"]
         self.clip_count = snap["clip_count"]
         self.capped_count = snap["capped_count"]
-        self._raw, self._scale, self._factor, self._bound = snap["bound"]
+        (self._raw, self._scale, self._factor, self._bound, self._tested_lr, self._applied_lr) = (
+            snap["bound"]
+        )
 
     def clip_lr(self, lr: float) -> tuple[float, bool]:
         """Return ``(applied_lr, clipped)`` for a requested ``lr`` under the current bound."""
@@ -295,8 +333,11 @@ class Driver:
             raise RuntimeError("the run is over (budget spent or diverged); call start() first")
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+        self._recheck(float(lr))
         applied, clipped = self.clip_lr(float(lr))
         self.clip_count += int(clipped)
+        self._tested_lr = max(self._tested_lr, applied)
+        self._applied_lr = applied
         n = min(self.interval, self.budget - self.step)
         t0 = time.perf_counter()
         stats = (self.task.train if train is None else train)(n, applied)
