@@ -55,6 +55,12 @@ def test_always_double_with_clip_auto_never_diverges_on_mlp():
     assert not any(play("mlp", i, [2]) for i in range(4))
 
 
+def test_an_lr_ramp_meets_a_fresh_bound():
+    """Found by the property below: the bound measured at step 0 fell 3x by step 120."""
+    assert play("mlp", 1, [2], clip="none")
+    assert not play("mlp", 1, [1, 0, 2])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["mlp", "mnist1d"])
 @settings(max_examples=8)
