@@ -20,7 +20,7 @@ import metasched  # noqa: F401 - registers the envs
 from metasched.agents.export import export_model, obs_norm_from_vecnormalize
 from metasched.errors import ExportError
 from metasched.features import FEATURE_NAMES, N_FEATURES
-from metasched.policyfile import load_policy
+from metasched.policyfile import FORMAT_VERSION, load_policy
 
 ENV_ID = "metasched/NMF-v1"
 TINY_ENV = {"budget": 200, "steps_per_action": 50}
@@ -191,7 +191,7 @@ def test_recurrent_actions_and_states_equal_sb3_over_sequences(trained, name):
 def test_header_describes_the_run(trained):
     t = trained("ppo-discrete3")
     h = load_policy(t.path).header
-    assert h["format"] == "metasched-policy" and h["format_version"] == 1
+    assert h["format"] == "metasched-policy" and h["format_version"] == FORMAT_VERSION
     assert h["algo"] == "ppo" and h["env_id"] == ENV_ID
     kw = h["env_kwargs"]
     for key in ("action", "budget", "steps_per_action", "lr_range", "init_lr", "clip", "kappa"):
@@ -331,7 +331,7 @@ def test_bad_arguments(trained, tmp_path):
     kw = {"env_kwargs": t.env_kwargs, "obs_norm": None}
     with pytest.raises(ExportError, match="unknown env id 'nope/X-v1'"):
         export_model(t.model, tmp_path / "a.msched", env_id="nope/X-v1", **kw)
-    with pytest.raises(ExportError, match="obs_norm\\['mean'\\] must have 12 values"):
+    with pytest.raises(ExportError, match=f"obs_norm\\['mean'\\] must have {N_FEATURES} values"):
         export_model(
             t.model,
             tmp_path / "b.msched",
