@@ -349,7 +349,8 @@ class Driver:
             train_loss = math.inf
         else:
             train_loss = stats.mean_loss
-            self._update_bound()
+            if self.source != "measured" or self.step < self.budget:
+                self._update_bound()  # (no decision follows the last interval: not measured)
         val = float(self.task.evaluate()) if self.measure_val and not self.diverged else None
         wall = time.perf_counter() - t0
         signal = TrainingSignal(
