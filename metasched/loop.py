@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_KAPPA",
     "DEFAULT_KAPPA_MEASURED",
+    "RECHECK_FRACTION",
     "ClipMode",
     "Driver",
     "IntervalInfo",
