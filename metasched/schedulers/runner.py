@@ -174,6 +174,10 @@ class Run:
             measure_val=measure_val,
             kappa_measured=kappa_measured,
         )
+        if getattr(scheduler, "own_step_size", False) and self.driver.source == "measured":
+            # an optimizer with its own step sizes (LR-free peers) ignores the LR: measuring
+            # the task's SGD bound for it would be compute spent on nothing
+            self.driver = Driver(task, budget, interval, clip="none", measure_val=measure_val)
         self.trace = Trace(task.name, repr(scheduler), int(budget), int(interval))
         self.record_eval = bool(record_eval)
         self.last_signal: TrainingSignal | None = None
