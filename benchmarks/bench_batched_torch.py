@@ -11,13 +11,13 @@ average is printed with the numbers.
   :class:`~metasched.inner_tasks.stacked.StackedNetworks` against the same B tasks trained
   one after another with their own ``train`` / ``evaluate``. B = 16, 32, 64.
 * ``ppo``: env steps (transitions) per second of a whole PPO ``learn`` call (collection
-  and updates) on ``MLP-v0`` / ``MNIST1D-v0``: ``SubprocVecEnv`` with one single env per
+  and updates) on ``MLP-v1`` / ``MNIST1D-v1``: ``SubprocVecEnv`` with one single env per
   core (2 processes) against ``BatchedTorchVecEnv`` with 32 envs in 1 and in 2 processes.
   Same PPO hyperparameters and the same rollout size (1,024 transitions) and total steps.
 * ``nmf``: (a) B=64 problems in one batch against 64 single ``NMFTask`` in a loop, float64
   on both sides, update norms measured on both sides (the settings of
   ``bench_env.py``'s section 3), with the per-slot and the shared RNG; (b) PPO on
-  ``NMF-v0``: ``DummyVecEnv`` of 8 single envs (float64) against the batched env in float64
+  ``NMF-v1``: ``DummyVecEnv`` of 8 single envs (float64) against the batched env in float64
   with one process, per-slot and shared RNG (equal dtype), and the default float32 env with
   the shared RNG (absolute rate).
 """
@@ -100,7 +100,7 @@ def ppo_run(env_id: str, vec_env: str, n_envs: int, n_steps: int, total: int, **
     if env:
         from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-        if env_id == "metasched/NMF-v0":
+        if env_id == "metasched/NMF-v1":
             from metasched.envs.batched import BatchedNMFVecEnv as Cls
         else:
             from metasched.envs.batched_torch import BatchedTorchVecEnv as Cls
@@ -190,18 +190,18 @@ def bench_nmf_batch(n: int, calls: int, rounds: int) -> dict[str, float]:
 
 
 def bench_nmf_ppo(total: int, rounds: int) -> dict[str, float]:
-    """PPO on NMF-v0: DummyVecEnv(8) float64 vs batched float64 1 process; float32 shared."""
+    """PPO on NMF-v1: DummyVecEnv(8) float64 vs batched float64 1 process; float32 shared."""
     f64 = {"dtype": torch.float64, "n_processes": 1}
     sides = {
-        "dummy_8_float64": lambda: ppo_run("metasched/NMF-v0", "dummy", 8, 128, total),
+        "dummy_8_float64": lambda: ppo_run("metasched/NMF-v1", "dummy", 8, 128, total),
         "batched_32_float64_1proc": lambda: ppo_run(
-            "metasched/NMF-v0", "batched", 32, 128, total, **f64
+            "metasched/NMF-v1", "batched", 32, 128, total, **f64
         ),
         "batched_32_float64_1proc_shared": lambda: ppo_run(
-            "metasched/NMF-v0", "batched", 32, 128, total, rng="shared", **f64
+            "metasched/NMF-v1", "batched", 32, 128, total, rng="shared", **f64
         ),
         "batched_32_float32_default_shared": lambda: ppo_run(
-            "metasched/NMF-v0", "batched", 32, 128, total, rng="shared"
+            "metasched/NMF-v1", "batched", 32, 128, total, rng="shared"
         ),
     }
     secs = dict.fromkeys(sides, 0.0)
@@ -234,7 +234,7 @@ def main() -> None:
     if "ppo" in sections:
         total = 1024 if args.quick else 2048
         report["ppo_networks"] = {
-            env: bench_ppo(env, total, 1) for env in ("metasched/MLP-v0", "metasched/MNIST1D-v0")
+            env: bench_ppo(env, total, 1) for env in ("metasched/MLP-v1", "metasched/MNIST1D-v1")
         }
     if "nmf" in sections:
         report["nmf_batch_B64_float64"] = bench_nmf_batch(64, 4, rounds)

@@ -15,7 +15,7 @@ equal-work ratios.
    with update norms; ``float32``: 64 one-slot ``BatchedNMF`` in a loop against one 64-slot
    ``BatchedNMF``, update norms on neither side (as the vector env calls it);
 4. vector envs, env only (no agent): transitions per second (``VecEnv.step`` calls x
-   ``num_envs``) with random valid actions on ``metasched/NMF-v0`` (default env kwargs,
+   ``num_envs``) with random valid actions on ``metasched/NMF-v1`` (default env kwargs,
    split ``train``). Single process, float64 on both sides: an SB3 ``DummyVecEnv`` of 8
    ``LRControlEnv`` against ``BatchedNMFVecEnv`` in float64 with one process (bucketed and
    not). There is no float32 single env, so the float32 batched env has no
@@ -182,7 +182,7 @@ def _make_single_env() -> object:
 
     import metasched  # noqa: F401  (registers the env ids, also in worker processes)
 
-    return gym.make("metasched/NMF-v0", split="train")
+    return gym.make("metasched/NMF-v1", split="train")
 
 
 def time_vecenv(venv, warmup: int, steps: int, seed: int = 0) -> dict[str, float]:

@@ -107,7 +107,7 @@ def bench_ppo(timesteps: int, rounds: int) -> dict[str, object]:
     from metasched.agents.train import _make_worker_env
     from metasched.distributed.vecenv import RayVecEnv
 
-    fns = [partial(_make_worker_env, "metasched/NMF-v0", {}) for _ in range(4)]
+    fns = [partial(_make_worker_env, "metasched/NMF-v1", {}) for _ in range(4)]
     rates: dict[str, list[float]] = {"subproc": [], "ray": []}
     print(f"PPO on 4 NMF envs, {timesteps} env steps per run; load {load()}")
     for r in range(rounds):

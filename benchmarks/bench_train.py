@@ -1,4 +1,4 @@
-"""PPO training throughput on NMF-v0 with several vector envs, side by side in one run.
+"""PPO training throughput on NMF-v1 with several vector envs, side by side in one run.
 
 Run: ``python benchmarks/bench_train.py [--quick]``. A PPO agent with the shipped
 hyperparameters (rollouts of ``n_steps`` per env, 10 epochs) trains for the same number of
@@ -58,7 +58,7 @@ def bench(
     """Train PPO for ``timesteps`` env steps; return env steps per second."""
     cfg = load_config(
         "ppo",
-        "metasched/NMF-v0",
+        "metasched/NMF-v1",
         overrides={"vec_env": vec_env, "n_envs": n_envs, "n_timesteps": timesteps, **extra},
     )
     venv = _batched_env(cfg, batched) if batched else make_train_env(cfg, seed=0)
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batched-envs", type=int, default=None, help="num_envs of batched")
     args = parser.parse_args()
     n = 8_192 if args.quick else 32_768
-    batched_envs = args.batched_envs or load_config("ppo", "metasched/NMF-v0").n_envs
+    batched_envs = args.batched_envs or load_config("ppo", "metasched/NMF-v1").n_envs
     f64_1 = {"dtype": torch.float64, "n_processes": 1}
     single = {
         "dummy_8_float64": bench("dummy", 8, n),

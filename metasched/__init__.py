@@ -1,6 +1,6 @@
 """metasched: reinforcement-learned learning-rate schedulers, exported and measured honestly.
 
-Importing the package registers its Gymnasium environments (``metasched/NMF-v0``, ...).
+Importing the package registers its Gymnasium environments (``metasched/NMF-v1``, ...).
 """
 
 from __future__ import annotations

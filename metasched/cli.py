@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("train", help="train a meta-agent (SB3) on a metasched env")
-    p.add_argument("--env", default="metasched/NMF-v0", help="env id (default: %(default)s)")
+    p.add_argument("--env", default="metasched/NMF-v1", help="env id (default: %(default)s)")
     p.add_argument(
         "--algo", default="ppo", help="ppo, a2c, dqn, sac, td3 or recurrentppo (default: ppo)"
     )

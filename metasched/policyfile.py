@@ -10,9 +10,11 @@ header text is detected:
 key                value
 =================  ===========================================================================
 format             ``"metasched-policy"``
-format_version     ``1`` (int; readers refuse versions they do not know)
+format_version     ``2`` (int; readers refuse versions they do not know). Version 1 held
+                   policies over the ``-v0`` envs' 12 observation features; version 2 (the
+                   ``-v1`` envs) has 11, with the stability-bound feature on one scale
 algo               the algorithm that trained the policy (``"ppo"``, ``"dqn"``, ...)
-env_id             the Gymnasium id it was trained on (``"metasched/NMF-v0"``)
+env_id             the Gymnasium id it was trained on (``"metasched/NMF-v1"``)
 env_kwargs         every keyword of that env (``action``, ``budget``, ``steps_per_action``,
                    ``lr_range``, ``init_lr``, ``clip``, ``kappa``, ...)
 decision_interval  inner steps per decision (the env's ``steps_per_action``)
@@ -103,7 +105,7 @@ __all__ = [
 ]
 
 FORMAT = "metasched-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Keys every header must have (``extra`` is optional).
 HEADER_KEYS: tuple[str, ...] = (
     "format",
@@ -309,8 +311,14 @@ def _check_header_fields(header: dict[str, Any]) -> None:
     version = header["format_version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise _Invalid(f"invalid format_version {version!r} (expected an integer)")
+    if version == 1:
+        raise _Invalid(
+            "policy file format version 1 (a policy over the -v0 envs' observations) is no "
+            f"longer read; this metasched reads version {FORMAT_VERSION}: retrain on a -v1 env "
+            "and re-export with `metasched export RUN -o FILE`"
+        )
     if version != FORMAT_VERSION:
-        newer = " (written by a newer metasched; upgrade to read it)" if version > 1 else ""
+        newer = " (written by a newer metasched; upgrade to read it)" if version > 2 else ""
         raise _Invalid(
             f"unsupported format_version {version}{newer}; this metasched reads version "
             f"{FORMAT_VERSION}"

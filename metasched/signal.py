@@ -28,7 +28,9 @@ class TrainingSignal:
         val_loss: validation (or full-data) loss at the end of the interval, if measured.
         grad_norm: mean minibatch gradient norm over the interval, if known.
         update_norm: mean parameter-update norm over the interval, if known.
-        lr_bound: the task's stability bound on the LR at the end of the interval, if known.
+        lr_bound: the stability bound at the end of the interval, if known, on the common
+            scale of :mod:`metasched.loop`: the estimated largest stable LR (twice NMF's
+            analytic ``1/L``; a measured bound as it is).
         frac_increasing: fraction of consecutive minibatch losses that went up (a noise proxy).
         diverged: the interval ended in divergence (non-finite or exploding loss).
         interval_steps: inner steps in this interval.

@@ -10,7 +10,7 @@ def test_help_and_list(capsys):
     assert main([]) == 0
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "metasched/NMF-v0" in out and "greedy " in out and "probe " in out
+    assert "metasched/NMF-v1" in out and "greedy " in out and "probe " in out
 
 
 def test_console_script_help():

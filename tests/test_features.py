@@ -126,5 +126,13 @@ def test_signal_path_matches_array_path():
     )
     np.testing.assert_array_equal(oa, ob)
     assert oa[0, FEATURE_NAMES.index("log_loss_rel")] == np.float32(np.log(0.5))
-    assert oa[0, FEATURE_NAMES.index("bound_known")] == 1.0
+    assert oa[0, FEATURE_NAMES.index("log_lr_over_bound")] == np.float32(np.log(0.1))
     assert oa[0, FEATURE_NAMES.index("val_known")] == 0.0
+
+
+def test_one_bound_feature_on_the_common_scale():
+    assert "bound_known" not in FEATURE_NAMES and N_FEATURES == 11
+    ft = FeatureTracker(2)
+    obs = ft.start(lr=0.1, loss=1.0, bound=np.array([0.4, np.nan]))
+    k = FEATURE_NAMES.index("log_lr_over_bound")
+    assert obs[0, k] == np.float32(np.log(0.25)) and obs[1, k] == 0.0

@@ -351,9 +351,11 @@ def _write_raw(tmp_path, tensors, header, name="raw.msched"):
 @pytest.mark.parametrize(
     ("version", "match"),
     [
-        (2, "unsupported format_version 2 (written by a newer metasched"),
+        (3, "unsupported format_version 3 (written by a newer metasched"),
         (0, "unsupported format_version 0"),
         ("1", "invalid format_version '1'"),
+        (1, "format version 1 (a policy over the -v0 envs' observations) is no longer read; "
+            "this metasched reads version 2: retrain on a -v1 env and re-export"),
     ],
 )
 def test_wrong_format_version(tmp_path, version, match):

@@ -57,7 +57,7 @@ def test_train_and_compare_write_lines_to_a_non_terminal(tmp_path, capsys, monke
     from metasched.distill.compare import CompareSpec, compare, parse_scheduler
 
     monkeypatch.setenv("METASCHED_PROGRESS_INTERVAL", "1e-9")  # a line at every update
-    cfg = load_config("a2c", "metasched/NMF-v0", overrides={
+    cfg = load_config("a2c", "metasched/NMF-v1", overrides={
         "n_timesteps": 64, "n_envs": 2, "vec_env": "dummy", "eval_freq": 0,
         "checkpoint_freq": 0, "n_eval_episodes": 1, "n_steps": 8,
         "env_kwargs": {"budget": 100, "steps_per_action": 50}})  # fmt: skip

@@ -145,9 +145,9 @@ def _make_ray_env(cfg: TrainConfig, seed: int) -> Any:
     from metasched.distributed.vecenv import RayVecEnv
 
     if cfg.vec_env == "ray-batched":
-        if cfg.env_id != "metasched/NMF-v0":
+        if cfg.env_id != "metasched/NMF-v1":
             raise ConfigError(
-                f"vec_env 'ray-batched' exists for metasched/NMF-v0 only, not {cfg.env_id}"
+                f"vec_env 'ray-batched' exists for metasched/NMF-v1 only, not {cfg.env_id}"
             )
         return RayVecEnv.batched(
             cfg.n_envs, cfg.num_workers, split="train", seed=seed, **cfg.env_kwargs
@@ -166,7 +166,7 @@ def _batched_env(cfg: TrainConfig, seed: int) -> Any:
     from metasched.envs.batched_torch import BATCHED_FAMILIES, BatchedTorchVecEnv
 
     family = resolved_env_kwargs(cfg).get("family")
-    if cfg.env_id == "metasched/NMF-v0":
+    if cfg.env_id == "metasched/NMF-v1":
         cls: Any = BatchedNMFVecEnv
         kwargs = dict(cfg.env_kwargs)
     elif family in BATCHED_FAMILIES:
@@ -175,7 +175,7 @@ def _batched_env(cfg: TrainConfig, seed: int) -> Any:
         kwargs = {k: v for k, v in resolved_env_kwargs(cfg).items() if k in _TORCH_ENV_KEYS}
     else:
         raise ConfigError(
-            f"vec_env 'batched' exists for metasched/NMF-v0 and the {', '.join(BATCHED_FAMILIES)} "
+            f"vec_env 'batched' exists for metasched/NMF-v1 and the {', '.join(BATCHED_FAMILIES)} "
             f"envs, not {cfg.env_id}; use vec_env: dummy or subproc"
         )
     allowed = set(inspect.signature(cls.__init__).parameters)

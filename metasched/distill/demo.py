@@ -1,6 +1,6 @@
 """``metasched demo``: the whole pipeline on the embedded default (stochastic NMF).
 
-1. train a PPO agent on ``metasched/NMF-v0`` (shipped hyperparameters, fewer timesteps),
+1. train a PPO agent on ``metasched/NMF-v1`` (shipped hyperparameters, fewer timesteps),
    evaluating it on ``val`` instances; the best checkpoint is the one best on ``val``;
 2. export that checkpoint to ``policy.msched``;
 3. distil it into if/then rules (``rules.json``) and a GreedyLR setting (fitted on
@@ -93,10 +93,10 @@ def _train(run_dir: Path, s: DemoSettings, seed: int, log: Callable[[str], None]
         log(f"[1/4] resuming the interrupted training run in {run_dir}")
         train(None, run_dir, resume=True, progress=True, log=log)
         return
-    log(f"[1/4] training PPO on metasched/NMF-v0 for {s.timesteps:,} timesteps ...")
+    log(f"[1/4] training PPO on metasched/NMF-v1 for {s.timesteps:,} timesteps ...")
     cfg = load_config(
         "ppo",
-        "metasched/NMF-v0",
+        "metasched/NMF-v1",
         overrides={
             "n_timesteps": s.timesteps,
             "eval_freq": s.eval_freq,
@@ -236,7 +236,7 @@ def _write_report(root: Path, cmp_dir: Path, run_dir: Path, seconds: float) -> P
         "",
         "## Training",
         "",
-        f"PPO on `metasched/NMF-v0`, {int(float(last[0])):,} timesteps; mean episodic return "
+        f"PPO on `metasched/NMF-v1`, {int(float(last[0])):,} timesteps; mean episodic return "
         f"on the `val` split {float(last[1]):+.3f} (keep-the-LR policy "
         f"{base['keep']['mean_return']:+.3f}, random policy "
         f"{base['random']['mean_return']:+.3f}). The exported policy is the checkpoint with "

@@ -51,7 +51,7 @@ from metasched.inner_tasks.nmf_batched import (
     box_cost,
     shape_classes,
 )
-from metasched.loop import DEFAULT_KAPPA
+from metasched.loop import ANALYTIC_SCALE, DEFAULT_CLIP, DEFAULT_KAPPA
 
 __all__ = ["BatchedNMFVecEnv"]
 
@@ -201,7 +201,8 @@ class BatchedNMFVecEnv(VecEnv):
             divergence_penalty, divergence_factor, family_seed, family_kwargs: as for
             :class:`~metasched.envs.lr_control.LRControlEnv` (``budget`` must be a multiple of
             ``steps_per_action`` so that all sub-envs train the same number of steps per call).
-        clip: ``"deterministic"`` or ``"none"`` (the noise-aware bound is single-env only).
+        clip: ``"auto"`` (default) and ``"deterministic"`` (the same on NMF: the analytic
+            bound) or ``"none"`` (the noise-aware and measured bounds are single-env only).
         seed: seed of the sub-envs' instance and initialisation streams.
         dtype: ``torch.float32`` (fast, default) or ``torch.float64``.
         bucketing: group the inner problems by shape class (default) instead of padding all
@@ -229,7 +230,7 @@ class BatchedNMFVecEnv(VecEnv):
         action: str = "discrete3",
         budget: int = 2000,
         steps_per_action: int = 50,
-        clip: str = "deterministic",
+        clip: str = DEFAULT_CLIP,
         kappa: float = DEFAULT_KAPPA,
         lr_range: tuple[float, float] = NMFFamily.lr_range,
         init_lr: float = 1.0,
@@ -259,7 +260,7 @@ class BatchedNMFVecEnv(VecEnv):
             reward=reward,
             divergence_penalty=divergence_penalty,
             divergence_factor=divergence_factor,
-            clip_modes=("deterministic", "none"),
+            clip_modes=("auto", "deterministic", "none"),
         )
         if budget % steps_per_action:
             raise ValueError(
@@ -462,7 +463,8 @@ class BatchedNMFVecEnv(VecEnv):
         self._lr_min = np.where(mask, lr_ref * self.lr_range[0], self._lr_min)
         self._lr_max = np.where(mask, lr_ref * self.lr_range[1], self._lr_max)
         self._lr = np.where(mask, lr_ref * self.init_lr, self._lr)
-        self.tracker.start(lr=self._lr, loss=loss0, bound=self._bound, mask=mask)
+        # the features see the common scale (metasched.loop): 2 x the analytic 1/L
+        self.tracker.start(lr=self._lr, loss=loss0, bound=ANALYTIC_SCALE * self._bound, mask=mask)
 
     def _random_draws(self, envs: np.ndarray) -> list[tuple[int, np.random.Generator]]:
         """Each sub-env's next instance and initialisation generator, from its own stream."""
@@ -507,7 +509,7 @@ class BatchedNMFVecEnv(VecEnv):
         self._lr = action_to_lr(self.action_mode, actions, self._lr, self._lr_min, self._lr_max)
         applied = self._lr.copy()
         clipped = np.zeros(B, dtype=bool)
-        if self.clip == "deterministic":
+        if self.clip in ("auto", "deterministic"):
             cap = self.kappa * self._bound
             clipped = np.isfinite(cap) & (applied > cap)
             applied = np.where(clipped, cap, applied)
@@ -537,7 +539,7 @@ class BatchedNMFVecEnv(VecEnv):
             loss=mean_loss,
             frac_increasing=frac_up,
             grad_norm=grad_norm,
-            bound=self._bound,
+            bound=ANALYTIC_SCALE * self._bound,
             val_loss=np.nan,
             budget_used=np.minimum(self._steps / self.budget, 1.0),
         )
@@ -559,7 +561,7 @@ class BatchedNMFVecEnv(VecEnv):
                 "diverged": bool(diverged[i]),
                 "clipped": bool(clipped[i]),
                 "inner_steps": int(self._steps[i]),
-                "lr_bound": float(self._bound[i]),
+                "lr_bound": float(ANALYTIC_SCALE * self._bound[i]),
                 "instance": self._names[i],
             }
             if done[i]:

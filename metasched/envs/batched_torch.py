@@ -49,7 +49,7 @@ from metasched.inner_tasks import family_lr_range, make_family
 from metasched.inner_tasks.mixed import MixedConfig, MixedFamily
 from metasched.inner_tasks.nmf_batched import BucketedNMF, shape_classes
 from metasched.inner_tasks.stacked import StackedNetworks
-from metasched.loop import DEFAULT_KAPPA
+from metasched.loop import ANALYTIC_SCALE, DEFAULT_CLIP, DEFAULT_KAPPA, DEFAULT_KAPPA_MEASURED
 
 __all__ = ["BATCHED_FAMILIES", "BatchedTorchVecEnv"]
 
@@ -157,7 +157,12 @@ class _Core:
         self.lr_min = np.where(mask, lr_ref * lo, self.lr_min)
         self.lr_max = np.where(mask, lr_ref * hi, self.lr_max)
         self.lr = np.where(mask, lr_ref * self.cfg["init_lr"], self.lr)
-        self.tracker.start(lr=self.lr, loss=loss0, bound=self.bound, val_loss=val0, mask=mask)
+        common = self.common_bound()
+        self.tracker.start(lr=self.lr, loss=loss0, bound=common, val_loss=val0, mask=mask)
+
+    def common_bound(self) -> np.ndarray:
+        """Return the bounds on metasched.loop's common scale (NMF's analytic 1/L doubled)."""
+        return np.where(self.is_nmf, ANALYTIC_SCALE * self.bound, self.bound)
 
     def reset(self, seed: int | None) -> np.ndarray:
         """Fresh episodes everywhere (reseeding the streams first when ``seed`` is given)."""
@@ -179,8 +184,9 @@ class _Core:
         self.lr = action_to_lr(cfg["action"], actions, self.lr, self.lr_min, self.lr_max)
         applied = self.lr.copy()
         clipped = np.zeros(B, dtype=bool)
-        if cfg["clip"] == "deterministic":
-            cap = cfg["kappa"] * self.bound
+        if cfg["clip"] in ("auto", "deterministic"):
+            kappa = np.where(self.is_nmf, cfg["kappa"], DEFAULT_KAPPA_MEASURED)
+            cap = kappa * self.bound
             clipped = np.isfinite(cap) & (applied > cap)
             applied = np.where(clipped, cap, applied)
         self.clips += clipped
@@ -221,7 +227,7 @@ class _Core:
             loss=mean_loss,
             frac_increasing=frac_up,
             grad_norm=grad_norm,
-            bound=self.bound,
+            bound=self.common_bound(),
             val_loss=val,
             budget_used=np.minimum(self.steps / cfg["budget"], 1.0),
         )
@@ -242,7 +248,7 @@ class _Core:
                 "diverged": bool(diverged[i]),
                 "clipped": bool(clipped[i]),
                 "inner_steps": int(self.steps[i]),
-                "lr_bound": float(self.bound[i]),
+                "lr_bound": float(self.common_bound()[i]),
                 "instance": self.names[i],
             }
             if done[i]:
@@ -268,8 +274,9 @@ class BatchedTorchVecEnv(VecEnv):
             divergence_penalty, divergence_factor, family_seed, family_kwargs: as for
             :class:`~metasched.envs.lr_control.LRControlEnv` (``lr_range`` defaults to the
             family's; ``budget`` must be a multiple of ``steps_per_action``).
-        clip: ``"deterministic"`` or ``"none"``: caps the LR at ``kappa`` x the task's
-            stability bound where one is known (NMF slots; networks report none yet).
+        clip: ``"auto"`` (default) or ``"deterministic"`` (the same here) or ``"none"``: caps
+            the LR at ``kappa`` x NMF slots' analytic bound and ``DEFAULT_KAPPA_MEASURED`` x
+            a network slot's measured bound, where one is known.
         seed: seed of the sub-envs' instance and initialisation streams.
         dtype: ``torch.float32`` (default) or ``torch.float64`` for the stacked problems.
         n_processes: processes that step the sub-envs (contiguous shards, one torch thread
@@ -286,7 +293,7 @@ class BatchedTorchVecEnv(VecEnv):
         action: str = "discrete3",
         budget: int = 800,
         steps_per_action: int = 40,
-        clip: str = "deterministic",
+        clip: str = DEFAULT_CLIP,
         kappa: float = DEFAULT_KAPPA,
         lr_range: tuple[float, float] | None = None,
         init_lr: float = 1.0,
@@ -321,7 +328,7 @@ class BatchedTorchVecEnv(VecEnv):
             reward=reward,
             divergence_penalty=divergence_penalty,
             divergence_factor=divergence_factor,
-            clip_modes=("deterministic", "none"),
+            clip_modes=("auto", "deterministic", "none"),
         )
         if budget % steps_per_action:
             raise ConfigError(

@@ -15,7 +15,14 @@ from metasched.errors import ConfigError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
 from metasched.inner_tasks import check_split, family_lr_range, make_family
 from metasched.inner_tasks.base import InnerTask, TaskFamily
-from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA, ClipMode, Driver
+from metasched.loop import (
+    CLIP_MODES,
+    DEFAULT_CLIP,
+    DEFAULT_KAPPA,
+    DEFAULT_KAPPA_MEASURED,
+    ClipMode,
+    Driver,
+)
 
 __all__ = ["ACTION_MODES", "DISCRETE_FACTORS", "ActionMode", "LRControlEnv", "action_to_lr"]
 
@@ -45,6 +52,7 @@ def check_env_args(
     divergence_penalty: float,
     divergence_factor: float,
     clip_modes: tuple[str, ...] = CLIP_MODES,
+    kappa_measured: float = DEFAULT_KAPPA_MEASURED,
 ) -> tuple[float, float]:
     """Validate the arguments every LR-control env shares; return ``lr_range`` as floats.
 
@@ -58,8 +66,9 @@ def check_env_args(
         raise ConfigError(f"steps_per_action must be a positive integer, got {steps_per_action!r}")
     if clip not in clip_modes:
         raise ConfigError(f"clip must be one of {', '.join(clip_modes)}, got {clip!r}")
-    if not (isinstance(kappa, int | float) and math.isfinite(kappa) and kappa > 0):
-        raise ConfigError(f"kappa must be a positive finite number, got {kappa!r}")
+    for name, value in (("kappa", kappa), ("kappa_measured", kappa_measured)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
     try:
         lo, hi = (float(x) for x in lr_range)
     except (TypeError, ValueError):
@@ -81,11 +90,13 @@ class LRControlEnv(gym.Env):
     r"""Learning-rate control of inner training as an MDP.
 
     ## Description
-    Each episode samples one instance from a task family split (for ``metasched/NMF-v0``,
+    Each episode samples one instance from a task family split (for ``metasched/NMF-v1``,
     a planted stochastic-NMF problem) and trains it for ``budget`` inner steps. Every
     ``step(action)`` sets the learning rate and runs ``steps_per_action`` inner steps of the
-    task's optimizer (projected SGD for NMF). The requested LR is clipped to
-    ``kappa`` times the task's stability bound (``clip``), and clip activations are reported.
+    task's optimizer (projected SGD for NMF). The requested LR is clipped to a multiple of
+    the task's stability bound (``clip="auto"``: ``kappa`` times NMF's analytic ``1/L``,
+    ``kappa_measured`` times the bound measured on a network, see :mod:`metasched.loop`),
+    and clip activations are reported.
 
     ## Action Space
     ``action="discrete3"`` (default): ``Discrete(3)``, multiply the LR by ½, 1 or 2 (the
@@ -96,7 +107,7 @@ class LRControlEnv(gym.Env):
     at initialisation (half the deterministic-safe rate ``1/L`` for NMF).
 
     ## Observation Space
-    ``Box(low, high, (12,), float32)``, scale-free features (:mod:`metasched.features`):
+    ``Box(low, high, (11,), float32)``, scale-free features (:mod:`metasched.features`):
 
     | idx | feature           | min | max | meaning                                         |
     |-----|-------------------|-----|-----|-------------------------------------------------|
@@ -107,11 +118,14 @@ class LRControlEnv(gym.Env):
     | 4   | dloss_smooth      | -5  | 5   | moving average (0.7) of that change             |
     | 5   | frac_increasing   | 0   | 1   | fraction of minibatch losses that rose          |
     | 6   | log_grad_rel      | -20 | 10  | log(gradient norm / first interval's)           |
-    | 7   | log_lr_over_bound | -10 | 10  | log(lr / stability bound), 0 if unknown          |
-    | 8   | bound_known       | 0   | 1   | 1 when the task knows a stability bound         |
-    | 9   | log_val_rel       | -20 | 5   | log(val loss / initial), 0 if not measured       |
-    | 10  | val_known         | 0   | 1   | 1 when a validation loss is measured            |
-    | 11  | budget_used       | 0   | 1   | fraction of the inner-step budget used          |
+    | 7   | log_lr_over_bound | -10 | 10  | log(lr / estimated largest stable LR)           |
+    | 8   | log_val_rel       | -20 | 5   | log(val loss / initial), 0 if not measured       |
+    | 9   | val_known         | 0   | 1   | 1 when a validation loss is measured            |
+    | 10  | budget_used       | 0   | 1   | fraction of the inner-step budget used          |
+
+    ``log_lr_over_bound`` is on one scale for every task (2 x NMF's analytic ``1/L``, the
+    measured bound of a network as it is) and is known on every task under the default
+    ``clip="auto"`` (with ``"deterministic"``/``"noise_aware"`` a network has no bound: 0).
 
     ## Rewards
     ``reward="log_improvement"`` (default): the decrease of the log training loss over the
@@ -134,23 +148,29 @@ class LRControlEnv(gym.Env):
     ## Arguments
     ``family`` (registered task family, default ``"nmf"``), ``split`` (``train``/``val``/``test``/
     ``shift``), ``action``, ``budget`` (2000), ``steps_per_action`` (50), ``clip``
-    (``"deterministic"``, ``"noise_aware"``, ``"none"``), ``kappa`` (2.0), ``lr_range``
+    (``"auto"``, ``"deterministic"``, ``"noise_aware"``, ``"measured"``, ``"none"``; see
+    :class:`~metasched.loop.Driver`), ``kappa`` (2.0, on an analytic bound),
+    ``kappa_measured`` (0.707, on a measured bound), ``lr_range``
     (default: the family's ``lr_range``, (1e-3, 64.0) for NMF, (0.01, 20.0) for networks),
     ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
     ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict).
     ``info`` carries ``lr``, ``applied_lr``, ``train_loss``, ``val_loss``, ``diverged``,
-    ``clipped``, ``inner_steps``, ``instance`` and, at the end, ``final_loss``.
+    ``clipped``, ``inner_steps``, ``instance``, ``lr_bound`` (on the common scale),
+    ``bound_cost_steps`` (the measured bound's cost so far this episode, in SGD steps) and, at
+    the end, ``final_loss``.
 
     ## Version History
+    * v1: one bound feature on one scale for every task (``bound_known`` dropped, 11
+      features), ``clip="auto"`` (measured bound on networks) by default.
     * v0: initial version.
 
     Example:
         >>> import gymnasium as gym
         >>> import metasched
-        >>> env = gym.make("metasched/NMF-v0", split="test", budget=100, steps_per_action=25)
+        >>> env = gym.make("metasched/NMF-v1", split="test", budget=100, steps_per_action=25)
         >>> obs, info = env.reset(seed=0)
         >>> obs.shape, env.action_space
-        ((12,), Discrete(3))
+        ((11,), Discrete(3))
         >>> total, done = 0.0, False
         >>> while not done:
         ...     obs, reward, terminated, truncated, info = env.step(1)
@@ -178,6 +198,7 @@ class LRControlEnv(gym.Env):
         divergence_factor: float = 1e3,
         family_seed: int = 0,
         family_kwargs: dict[str, Any] | None = None,
+        kappa_measured: float = DEFAULT_KAPPA_MEASURED,
     ) -> None:
         super().__init__()
         self.action_space = action_space_for(action)
@@ -194,6 +215,7 @@ class LRControlEnv(gym.Env):
             reward=reward,
             divergence_penalty=divergence_penalty,
             divergence_factor=divergence_factor,
+            kappa_measured=kappa_measured,
         )
         self.family = (
             family
@@ -206,6 +228,7 @@ class LRControlEnv(gym.Env):
         self.steps_per_action = steps_per_action
         self.clip: ClipMode = clip
         self.kappa = float(kappa)
+        self.kappa_measured = float(kappa_measured)
         self.lr_range = (lo, hi)
         self.init_lr = float(init_lr)
         self.reward_mode = reward
@@ -239,7 +262,12 @@ class LRControlEnv(gym.Env):
             raise ValueError(f"instance must be an integer in [0, {pool}), got {index!r}")
         self._task = self._make_task(int(index))
         self._driver = Driver(
-            self._task, self.budget, self.steps_per_action, clip=self.clip, kappa=self.kappa
+            self._task,
+            self.budget,
+            self.steps_per_action,
+            clip=self.clip,
+            kappa=self.kappa,
+            kappa_measured=self.kappa_measured,
         )
         task_gen = np.random.default_rng(self.np_random.integers(2**63))
         sig0 = self._driver.start(task_gen)
@@ -304,6 +332,7 @@ class LRControlEnv(gym.Env):
             "clipped": ival.clipped,
             "inner_steps": signal.step,
             "lr_bound": signal.lr_bound,
+            "bound_cost_steps": self._driver.extra_steps,
             "instance": self._task.name if self._task is not None else None,
         }
         if terminated:

@@ -25,34 +25,34 @@ _ENTRY = "metasched.envs.lr_control:LRControlEnv"
 
 _SPECS = [
     {
-        "id": "metasched/NMF-v0",
+        "id": "metasched/NMF-v1",
         "entry_point": _ENTRY,
         "kwargs": {"family": "nmf"},
     },
     # neural-network families: budget and decision interval chosen so that a tuned cosine
     # beats the best tuned constant LR (benchmarks/scheduling_matters_nn.py)
     {
-        "id": "metasched/MLP-v0",
+        "id": "metasched/MLP-v1",
         "entry_point": _ENTRY,
         "kwargs": {"family": "mlp", "budget": 800, "steps_per_action": 40},
     },
     {
-        "id": "metasched/MNIST1D-v0",
+        "id": "metasched/MNIST1D-v1",
         "entry_point": _ENTRY,
         "kwargs": {"family": "mnist1d", "budget": 1000, "steps_per_action": 50},
     },
     {
-        "id": "metasched/CNN-v0",  # Fashion-MNIST (an evaluation env: ~100 inner steps/s)
+        "id": "metasched/CNN-v1",  # Fashion-MNIST (an evaluation env: ~100 inner steps/s)
         "entry_point": _ENTRY,
         "kwargs": {"family": "fashion", "budget": 400, "steps_per_action": 40},
     },
     {
-        "id": "metasched/CharLM-v0",  # an evaluation env: tens of inner steps/s
+        "id": "metasched/CharLM-v1",  # an evaluation env: tens of inner steps/s
         "entry_point": _ENTRY,
         "kwargs": {"family": "charlm", "budget": 2000, "steps_per_action": 100},
     },
     {
-        "id": "metasched/Mixed-v0",  # episodes drawn from nmf, mlp and mnist1d
+        "id": "metasched/Mixed-v1",  # episodes drawn from nmf, mlp and mnist1d
         "entry_point": _ENTRY,
         "kwargs": {"family": "mixed", "budget": 1000, "steps_per_action": 50},
     },
@@ -103,7 +103,7 @@ def resolve_env_kwargs(env_id: str, overrides: dict[str, Any] | None = None) -> 
         UnknownNameError: ``env_id`` is not registered (with the closest metasched id).
 
     Example:
-        >>> kw = resolve_env_kwargs("metasched/MLP-v0", {"action": "discrete5"})
+        >>> kw = resolve_env_kwargs("metasched/MLP-v1", {"action": "discrete5"})
         >>> kw["family"], kw["budget"], kw["steps_per_action"], kw["lr_range"], kw["action"]
         ('mlp', 800, 40, [0.01, 20.0], 'discrete5')
     """

@@ -84,6 +84,9 @@ class InnerTask(abc.ABC):
     """
 
     name: str
+    #: whether :meth:`lr_bound` is analytic (computed from the task's maths, free); otherwise
+    #: it is measured (:mod:`metasched.stability`) or unknown. See :mod:`metasched.loop`.
+    analytic_bound: bool = False
 
     @abc.abstractmethod
     def reset(self, generator: np.random.Generator) -> None:

@@ -18,7 +18,7 @@ family (about 200 steps/s on one core with the family's 16-character windows).
 
 SGD on a transformer is progress-limited for a long time: with 32-64-character windows and
 300 steps the tuned constant LR beat the tuned cosine (median 2.32 vs 2.49 nats), so decay
-did not pay. ``CharLM-v0`` therefore trains 2,000 steps on short windows and small
+did not pay. ``CharLM-v1`` therefore trains 2,000 steps on short windows and small
 minibatches, where the tuned cosine ends at a median validation loss of 1.819 nats against
 1.845 for the best tuned constant LR, lower on 6 of 6 ``test`` instances
 (``benchmarks/scheduling_matters_nn.py``).

@@ -11,7 +11,7 @@ the 10,000 test images (seeded by the instance), optionally flips a fraction of 
 labels, and trains ``conv(3x3, c) - relu - maxpool - conv(3x3, 2c) - relu - maxpool - linear``
 with minibatch SGD (:mod:`metasched.inner_tasks.torch_task`). :meth:`~FashionTask.evaluate`
 is the cross-entropy on the validation subsample. An evaluation family (100-400 steps/s
-on one core), not meant for agent training. With ``CNN-v0``'s budget of 400 steps the tuned
+on one core), not meant for agent training. With ``CNN-v1``'s budget of 400 steps the tuned
 cosine ends at a median validation loss of 0.603 against 0.671 for the best tuned constant
 LR, lower on 83 % of 12 ``test`` instances (``benchmarks/scheduling_matters_nn.py``).
 

@@ -1,7 +1,7 @@
 """A task family whose instances are drawn from several registered families.
 
 Agents meant to generalise across problems train on :class:`MixedFamily` (the env id
-``metasched/Mixed-v0``): instance ``i`` of a split first picks a member family (seeded by
+``metasched/Mixed-v1``): instance ``i`` of a split first picks a member family (seeded by
 ``(seed, split, i)``), then is instance ``i`` of that family's same split, so the mixed
 ``val``, ``test`` and ``shift`` splits inherit the members' disjoint seeds and shifted
 distributions. The observation features are scale-free, so one policy can serve all.

@@ -10,7 +10,7 @@ validation cross-entropy.
 Digits is easy: at a good LR an MLP reaches 95 % validation accuracy in ~50 steps. The task
 is therefore scored on loss, and the family makes the LR matter with label noise, small
 minibatches, no weight decay and a budget at which a constant LR's noise floor shows: with
-``MLP-v0``'s budget of 800 steps (LR set every 40), the tuned cosine ends at a median
+``MLP-v1``'s budget of 800 steps (LR set every 40), the tuned cosine ends at a median
 validation loss of 0.328 against 0.373 for the best tuned constant LR, lower on 70 % of 20
 ``test`` instances (``benchmarks/scheduling_matters_nn.py``).
 

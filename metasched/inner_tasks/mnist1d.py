@@ -21,7 +21,7 @@ Each instance subsamples the 4,000 training signals (``train_size``), flips a fr
 their labels (validation labels stay clean) and trains an MLP or a CNN with minibatch SGD
 (:mod:`metasched.inner_tasks.torch_task`). :meth:`~MNIST1DTask.evaluate` is the validation
 cross-entropy on the 1,000 held-out signals. This is the main DNN family for agent training.
-Label noise (10-30 %) and small minibatches make the LR matter: with ``MNIST1D-v0``'s budget
+Label noise (10-30 %) and small minibatches make the LR matter: with ``MNIST1D-v1``'s budget
 of 1,000 steps the tuned cosine ends at a median validation loss of 1.46 against 1.60 for
 the best tuned constant LR, lower on 75 % of 12 ``test`` instances
 (``benchmarks/scheduling_matters_nn.py``; MLPs overfit MNIST-1D, hence the high losses).

@@ -503,6 +503,8 @@ class NMFTask(InnerTask, GradientTask, CurvatureTask):
     # -- measured stability bound (metasched.stability), beside the analytic one -----------
     #: one Hessian-vector product in SGD-step units (benchmarks/bench_stability.py measures it)
     hvp_cost: float = 3.5
+    #: lr_bound() is the analytic 1/L (half the largest stable LR: metasched.loop's scale)
+    analytic_bound = True
 
     def measured_lr_bound(self, estimator: StabilityEstimator | None = None) -> float:
         """Measure the bound ``2 / lam`` (minibatch-Hessian sharpness), for comparison.

@@ -51,7 +51,7 @@ def _decode_nested(x: Any) -> Any:
 class LearnedScheduler(Scheduler):
     """A learned LR policy exported from an RL agent (a ``.msched`` file).
 
-    The scheduler behaves as the agent did in its env (``metasched/NMF-v0``): the LR starts
+    The scheduler behaves as the agent did in its env (``metasched/NMF-v1``): the LR starts
     at ``base_lr`` and stays in ``[lr_min, lr_max] = lr_range × lr_ref`` with
     ``lr_ref = base_lr / init_lr`` (``lr_range`` and ``init_lr`` from the file's header), and
     after every decision interval the policy maps the observation to an LR change. Its

@@ -79,6 +79,9 @@ class _Peer(Scheduler):
     """A package optimizer taking every inner step of a task (not registered itself)."""
 
     drives_training = True
+    #: The optimizer picks its own step sizes (the applied LR is ignored), so a bound
+    #: measured on the task's SGD neither applies nor is paid for (see Run).
+    own_step_size: ClassVar[bool] = True
     #: Whether the optimizer stays meaningful with a projection after each step.
     runs_projected: ClassVar[bool] = True
     #: ``(module, class)`` of the package optimizer.

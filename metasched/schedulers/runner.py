@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from metasched.inner_tasks.base import InnerTask
-from metasched.loop import DEFAULT_CLIP, DEFAULT_KAPPA, ClipMode, Driver
+from metasched.loop import DEFAULT_CLIP, DEFAULT_KAPPA, DEFAULT_KAPPA_MEASURED, ClipMode, Driver
 from metasched.schedulers.base import Scheduler, check_positive
 from metasched.signal import TrainingSignal
 
@@ -129,7 +129,10 @@ class Run:
         interval: inner steps per decision.
         base_lr: LR handed to ``scheduler.reset``; default: the task's ``default_lr()`` at
             initialisation (half the stability bound for NMF).
-        clip, kappa: stability-bound clipping, as in the env.
+        clip, kappa, kappa_measured: stability-bound clipping, as in the env. A measured
+            bound's cost (:attr:`~metasched.loop.Driver.extra_steps`, in SGD-step units)
+            counts in the trace's ``extra_steps`` and ``inner_steps`` (compute), as probe
+            and PBT count their forks.
         measure_val: evaluate the validation loss after every interval (default: tasks with
             a held-out set only). The scheduler sees it in its signal.
         record_eval: also record the task's :meth:`~InnerTask.evaluate` loss after every
@@ -153,6 +156,7 @@ class Run:
         kappa: float = DEFAULT_KAPPA,
         measure_val: bool | None = None,
         record_eval: bool = False,
+        kappa_measured: float = DEFAULT_KAPPA_MEASURED,
     ) -> None:
         if not isinstance(scheduler, Scheduler):
             raise TypeError(f"scheduler must be a Scheduler, got {type(scheduler).__name__}")
@@ -162,8 +166,18 @@ class Run:
         self.scheduler = scheduler
         self.base_lr = base_lr
         self.driver = Driver(
-            task, budget, interval, clip=clip, kappa=kappa, measure_val=measure_val
+            task,
+            budget,
+            interval,
+            clip=clip,
+            kappa=kappa,
+            measure_val=measure_val,
+            kappa_measured=kappa_measured,
         )
+        if getattr(scheduler, "own_step_size", False) and self.driver.source == "measured":
+            # an optimizer with its own step sizes (LR-free peers) ignores the LR: measuring
+            # the task's SGD bound for it would be compute spent on nothing
+            self.driver = Driver(task, budget, interval, clip="none", measure_val=measure_val)
         self.trace = Trace(task.name, repr(scheduler), int(budget), int(interval))
         self.record_eval = bool(record_eval)
         self.last_signal: TrainingSignal | None = None
@@ -227,7 +241,7 @@ class Run:
             applied_lr=info.applied_lr,
             train_loss=signal.train_loss,
             val_loss=val,
-            inner_steps=self.driver.step + self.scheduler.extra_steps,
+            inner_steps=self.driver.step + self.extra_steps,
             wall_time=self._wall,
         )
         self.last_signal = signal
@@ -235,11 +249,16 @@ class Run:
             self._finish()
         return signal
 
+    @property
+    def extra_steps(self) -> int:
+        """Inner steps off the main line: the scheduler's plus the measured bound's cost."""
+        return self.scheduler.extra_steps + round(self.driver.extra_steps)
+
     def _finish(self) -> None:
         tr = self.trace
         tr.diverged = self.driver.diverged
         tr.final_loss = math.inf if tr.diverged else float(self.task.evaluate())
-        tr.extra_steps = self.scheduler.extra_steps
+        tr.extra_steps = self.extra_steps
         tr.clip_count = self.driver.clip_count
 
     def run(self) -> Trace:
@@ -261,6 +280,7 @@ def run_schedule(
     kappa: float = DEFAULT_KAPPA,
     measure_val: bool | None = None,
     record_eval: bool = False,
+    kappa_measured: float = DEFAULT_KAPPA_MEASURED,
 ) -> Trace:
     """Train ``task`` for ``budget`` inner steps with ``scheduler`` deciding every ``interval``.
 
@@ -283,6 +303,7 @@ def run_schedule(
         kappa=kappa,
         measure_val=measure_val,
         record_eval=record_eval,
+        kappa_measured=kappa_measured,
     )
     run.start(seed)
     return run.run()

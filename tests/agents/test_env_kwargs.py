@@ -23,7 +23,7 @@ from metasched.policyfile import load_policy
 
 @pytest.fixture(scope="module")
 def model():
-    venv = DummyVecEnv([lambda: gym.make("metasched/NMF-v0", budget=40, steps_per_action=10)])
+    venv = DummyVecEnv([lambda: gym.make("metasched/NMF-v1", budget=40, steps_per_action=10)])
     return PPO("MlpPolicy", venv, n_steps=16, batch_size=16, seed=0, device="cpu",
                policy_kwargs={"net_arch": [8]})  # fmt: skip
 
@@ -47,19 +47,19 @@ def test_exported_header_carries_the_registered_env_settings(env_id, model, tmp_
 
 
 def test_resolver_precedence_and_errors():
-    kw = resolve_env_kwargs("metasched/MNIST1D-v0", {"budget": 300, "lr_range": (0.1, 2)})
+    kw = resolve_env_kwargs("metasched/MNIST1D-v1", {"budget": 300, "lr_range": (0.1, 2)})
     assert kw["family"] == "mnist1d" and kw["steps_per_action"] == 50  # from the spec
     assert kw["budget"] == 300 and kw["lr_range"] == [0.1, 2]  # overrides win
     assert kw["init_lr"] == 1.0 and "split" not in kw  # signature defaults fill the rest
-    with pytest.raises(UnknownNameError, match="did you mean 'metasched/MLP-v0'"):
-        resolve_env_kwargs("metasched/MLPP-v0")
+    with pytest.raises(UnknownNameError, match="did you mean 'metasched/MLP-v1'"):
+        resolve_env_kwargs("metasched/MLPP-v1")
 
 
 def test_every_consumer_reads_the_family_lr_range(monkeypatch):
     """Env default, compare's GreedyLR bounds and distillation all follow TaskFamily.lr_range."""
     monkeypatch.setattr(MLPFamily, "lr_range", (0.05, 5.0))
     assert LRControlEnv(family="mlp").lr_range == (0.05, 5.0)
-    assert resolve_env_kwargs("metasched/MLP-v0")["lr_range"] == [0.05, 5.0]
+    assert resolve_env_kwargs("metasched/MLP-v1")["lr_range"] == [0.05, 5.0]
     assert env_defaults("mlp") == (800, 40, (0.05, 5.0))
     spec = CompareSpec(families=("mlp",), n_instances=1, tune_instances=1)
     assert spec.scale("mlp")[2] == (0.05, 5.0)

@@ -19,10 +19,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 import metasched  # noqa: F401 - registers the envs
 from metasched.agents.export import export_model, obs_norm_from_vecnormalize
 from metasched.errors import ExportError
-from metasched.features import FEATURE_NAMES
-from metasched.policyfile import load_policy
+from metasched.features import FEATURE_NAMES, N_FEATURES
+from metasched.policyfile import FORMAT_VERSION, load_policy
 
-ENV_ID = "metasched/NMF-v0"
+ENV_ID = "metasched/NMF-v1"
 TINY_ENV = {"budget": 200, "steps_per_action": 50}
 N_OBS = 1000
 ON = {"n_steps": 32, "batch_size": 32, "n_epochs": 2}
@@ -139,9 +139,8 @@ def trained(tmp_path_factory):
 
 def _random_obs(n=N_OBS, seed=0):
     space = gym.make(ENV_ID).observation_space
-    return (
-        np.random.default_rng(seed).uniform(space.low, space.high, size=(n, 12)).astype(np.float32)
-    )
+    rng = np.random.default_rng(seed)
+    return rng.uniform(space.low, space.high, size=(n, N_FEATURES)).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", FEEDFORWARD)
@@ -169,7 +168,7 @@ def test_recurrent_actions_and_states_equal_sb3_over_sequences(trained, name):
     t = trained(name)
     pol = load_policy(t.path)
     n, steps = 4, N_OBS // 4 + 1
-    obs = _random_obs(n * steps, seed=1).reshape(steps, n, 12)
+    obs = _random_obs(n * steps, seed=1).reshape(steps, n, N_FEATURES)
     starts = np.random.default_rng(2).random((steps, n)) < 0.1
     starts[0] = True
     ours = ref = None
@@ -192,7 +191,7 @@ def test_recurrent_actions_and_states_equal_sb3_over_sequences(trained, name):
 def test_header_describes_the_run(trained):
     t = trained("ppo-discrete3")
     h = load_policy(t.path).header
-    assert h["format"] == "metasched-policy" and h["format_version"] == 1
+    assert h["format"] == "metasched-policy" and h["format_version"] == FORMAT_VERSION
     assert h["algo"] == "ppo" and h["env_id"] == ENV_ID
     kw = h["env_kwargs"]
     for key in ("action", "budget", "steps_per_action", "lr_range", "init_lr", "clip", "kappa"):
@@ -330,9 +329,9 @@ def test_unsupported_models_are_named(tmp_path, make, match):
 def test_bad_arguments(trained, tmp_path):
     t = trained("ppo-discrete3")
     kw = {"env_kwargs": t.env_kwargs, "obs_norm": None}
-    with pytest.raises(ExportError, match="unknown env id 'nope/X-v0'"):
-        export_model(t.model, tmp_path / "a.msched", env_id="nope/X-v0", **kw)
-    with pytest.raises(ExportError, match="obs_norm\\['mean'\\] must have 12 values"):
+    with pytest.raises(ExportError, match="unknown env id 'nope/X-v1'"):
+        export_model(t.model, tmp_path / "a.msched", env_id="nope/X-v1", **kw)
+    with pytest.raises(ExportError, match=f"obs_norm\\['mean'\\] must have {N_FEATURES} values"):
         export_model(
             t.model,
             tmp_path / "b.msched",

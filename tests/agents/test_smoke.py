@@ -37,10 +37,10 @@ TINY = {
     "td3": {"learning_starts": 64, "buffer_size": 1000, "batch_size": 32},
 }
 #: Fast cases kept in the default suite.
-FAST = {("metasched/NMF-v0", "ppo"), ("metasched/MLP-v0", "ppo"), ("metasched/MLP-v0", "sac")}
+FAST = {("metasched/NMF-v1", "ppo"), ("metasched/MLP-v1", "ppo"), ("metasched/MLP-v1", "sac")}
 BUDGET, INTERVAL = 40, 10
 #: The evaluation envs run tens to hundreds of inner steps/s: shorter intervals there.
-TINY_SCALE = {"metasched/CNN-v0": (8, 2), "metasched/CharLM-v0": (8, 2)}
+TINY_SCALE = {"metasched/CNN-v1": (8, 2), "metasched/CharLM-v1": (8, 2)}
 
 
 def _json(x):
@@ -96,18 +96,18 @@ def test_every_env_and_algorithm_trains_exports_and_loads(env_id, algo, tmp_path
 def test_a_diverged_reference_episode_is_stored_not_fatal(tmp_path):
     """Regression (issue 12, item 15): a diverged reference run wrote ``inf`` into strict JSON.
 
-    On ``metasched/MLP-v0`` the keep-the-LR policy at 1000x the reference LR diverges; the
-    run must go on, and ``baselines.json`` must hold the infinite final losses.
+    On ``metasched/MLP-v1`` without clipping the keep-the-LR policy at 1000x the reference LR
+    diverges; the run must go on, and ``baselines.json`` must hold the infinite final losses.
     """
     from metasched.cli import main
 
     run = tmp_path / "run"
-    code = main(["train", "--env", "metasched/MLP-v0", "--algo", "ppo", "--out", str(run),
+    code = main(["train", "--env", "metasched/MLP-v1", "--algo", "ppo", "--out", str(run),
                  "--timesteps", "64", "--n-envs", "2", "--vec-env", "dummy",
                  "--eval-freq", "0", "--checkpoint-freq", "64", "--eval-episodes", "2",
                  "--env-kwarg", "budget=40", "--env-kwarg", "steps_per_action=10",
                  "--env-kwarg", "lr_range=[0.01, 1000]", "--env-kwarg", "init_lr=1000",
-                 "--no-progress",
+                 "--env-kwarg", "clip=none", "--no-progress",
                  "--hyperparams", str(_hp(tmp_path))])  # fmt: skip
     assert code == 0
     keep = read_json(run / "baselines.json")["keep"]

@@ -15,6 +15,7 @@ from metasched.agents.rundir import checkpoint_dirs, read_config
 from metasched.agents.train import export_run, train
 from metasched.cli import main
 from metasched.errors import ConfigError
+from metasched.features import N_FEATURES
 
 TINY_ENV = {"budget": 200, "steps_per_action": 50}
 TINY = {
@@ -40,7 +41,7 @@ def tiny_config(algo, **over):
         **TINY[algo],
         **over,
     }
-    return load_config(algo, "metasched/NMF-v0", overrides=overrides)
+    return load_config(algo, "metasched/NMF-v1", overrides=overrides)
 
 
 @pytest.mark.parametrize("algo", sorted(TINY))
@@ -57,7 +58,7 @@ def test_each_algorithm_trains_and_exports(algo, tmp_path):
     assert (run / "tb").is_dir()
     out = export_run(run, tmp_path / "policy.msched")
     pol = load_policy(out)
-    obs = np.zeros((5, 12), dtype=np.float32)
+    obs = np.zeros((5, N_FEATURES), dtype=np.float32)
     actions, _ = pol.predict(obs)
     assert len(actions) == 5
 

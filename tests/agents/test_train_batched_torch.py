@@ -9,7 +9,7 @@ from metasched.cli import main
 from metasched.envs.batched_torch import BatchedTorchVecEnv
 from metasched.errors import ConfigError
 
-NETWORK_IDS = ["metasched/MLP-v0", "metasched/MNIST1D-v0", "metasched/Mixed-v0"]
+NETWORK_IDS = ["metasched/MLP-v1", "metasched/MNIST1D-v1", "metasched/Mixed-v1"]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "sac", "td3", "recurrentppo"])
@@ -35,7 +35,7 @@ def test_make_train_env_builds_the_registered_spec(env_id):
 
 
 def test_vec_env_choice_overrides_the_default():
-    cfg = load_config("ppo", "metasched/MLP-v0", overrides={"vec_env": "dummy", "n_envs": 2})
+    cfg = load_config("ppo", "metasched/MLP-v1", overrides={"vec_env": "dummy", "n_envs": 2})
     venv = make_train_env(cfg, seed=0)
     try:
         assert isinstance(venv.venv.venv, DummyVecEnv)
@@ -44,10 +44,10 @@ def test_vec_env_choice_overrides_the_default():
 
 
 def test_batched_refuses_other_network_envs_and_unsupported_kwargs():
-    cfg = load_config("ppo", "metasched/CNN-v0", overrides={"vec_env": "batched"})
+    cfg = load_config("ppo", "metasched/CNN-v1", overrides={"vec_env": "batched"})
     with pytest.raises(ConfigError, match="batched"):
         make_train_env(cfg, seed=0)
-    cfg = load_config("ppo", "metasched/MLP-v0", overrides={"env_kwargs": {"clip": "noise_aware"}})
+    cfg = load_config("ppo", "metasched/MLP-v1", overrides={"env_kwargs": {"clip": "noise_aware"}})
     with pytest.raises(ConfigError, match="clip"):
         make_train_env(cfg, seed=0)
 
@@ -65,7 +65,7 @@ def test_train_mlp_on_the_batched_env(tmp_path):
         "batch_size": 64,
         "n_epochs": 1,
     }
-    cfg = load_config("ppo", "metasched/MLP-v0", overrides=overrides)
+    cfg = load_config("ppo", "metasched/MLP-v1", overrides=overrides)
     assert cfg.vec_env == "batched"
     res = train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
     assert res.timesteps == 128
@@ -73,7 +73,7 @@ def test_train_mlp_on_the_batched_env(tmp_path):
 
 def test_cli_vec_env_flag_is_checked(tmp_path, capsys):
     code = main(
-        ["train", "--env", "metasched/CNN-v0", "--vec-env", "batched", "--out", str(tmp_path / "r")]
+        ["train", "--env", "metasched/CNN-v1", "--vec-env", "batched", "--out", str(tmp_path / "r")]
     )
     assert code == 2
     assert "batched" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_training_distillation_and_tuning_never_touch_test_or_shift(sealed, tmp_
     env = {"budget": 200, "steps_per_action": 50}
     cfg = load_config(
         "ppo",
-        "metasched/NMF-v0",
+        "metasched/NMF-v1",
         overrides={
             "n_timesteps": 256, "n_envs": 4, "vec_env": "dummy", "eval_freq": 128,
             "checkpoint_freq": 128, "n_eval_episodes": 2, "policy_kwargs": {"net_arch": [16]},

@@ -16,6 +16,7 @@ from metasched.distill.rules import (
     greedy_directions,
     rollout,
 )
+from metasched.features import FEATURE_NAMES, N_FEATURES
 from metasched.schedulers import RulesScheduler
 
 ENV = {"budget": 200, "steps_per_action": 50, "action": "discrete3"}
@@ -23,30 +24,40 @@ ENV = {"budget": 200, "steps_per_action": 50, "action": "discrete3"}
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    venv = DummyVecEnv([lambda: gym.make("metasched/NMF-v0", **ENV)])
+    venv = DummyVecEnv([lambda: gym.make("metasched/NMF-v1", **ENV)])
     model = PPO("MlpPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0,
                 policy_kwargs={"net_arch": [8]}, device="cpu")  # fmt: skip
     model.learn(64)
     path = tmp_path_factory.mktemp("policy") / "p.msched"
-    return export_model(model, path, env_id="metasched/NMF-v0", env_kwargs=ENV, obs_norm=None)
+    return export_model(model, path, env_id="metasched/NMF-v1", env_kwargs=ENV, obs_norm=None)
 
 
 def test_rollout_records_every_applied_decision(policy):
     ros = rollout(policy, "nmf", "train", [0, 1], budget=200, interval=50)
     for ro in ros:
-        assert ro.obs.shape == (4, 12) and ro.actions.shape == (4,)
+        assert ro.obs.shape == (4, N_FEATURES) and ro.actions.shape == (4,)
         assert len(ro.signals) == 5 and set(ro.directions) <= {-1, 0, 1}
 
 
 def test_tree_reproduces_a_rule_it_can_express(policy):
     ros = rollout(policy, "nmf", "train", range(4), budget=200, interval=50)
-    budget = 11  # index of budget_used
+    budget = FEATURE_NAMES.index("budget_used")
     for ro in ros:  # relabel: halve after half the budget, double before
         ro.actions = np.where(ro.obs[:, budget] > 0.5, 0, 2)
     tree = fit_tree(ros, "discrete3", max_depth=2)
     text = format_rules(tree, "discrete3")
-    assert "budget_used" in text and "x0.5" in text and "x2" in text
+    assert "x0.5" in text and "x2" in text
     assert tree["left"][0] >= 0  # one split survives pruning
+
+    def act(x):  # the tree reproduces the rule on every observation (another feature that
+        node = 0  # separates these rollouts as well as budget_used may be the one it splits on)
+        while tree["left"][node] >= 0:
+            go_left = x[tree["feature"][node]] <= tree["threshold"][node]
+            node = tree["left"][node] if go_left else tree["right"][node]
+        return tree["action"][node]
+
+    for ro in ros:
+        assert [act(x) for x in ro.obs] == ro.actions.tolist()
 
 
 def test_distill_end_to_end(policy, tmp_path):

@@ -37,7 +37,7 @@ def test_ray_actor_vec_env_equals_subproc_vec_env(ray_local):
 
     from metasched.distributed.vecenv import RayVecEnv
 
-    fns = [partial(_make_env, "metasched/NMF-v0", TINY_ENV) for _ in range(4)]
+    fns = [partial(_make_env, "metasched/NMF-v1", TINY_ENV) for _ in range(4)]
     venv = RayVecEnv(fns, num_workers=2)  # sub-envs 0-1 in one actor, 2-3 in the other
     try:
         ray_out = _rollout(venv, seed=7)
@@ -78,7 +78,7 @@ def test_ray_batched_actors_step_and_reset(ray_local):
 def _cfg(vec_env):
     return load_config(
         "ppo",
-        "metasched/NMF-v0",
+        "metasched/NMF-v1",
         overrides={
             "n_timesteps": 64, "n_envs": 4, "vec_env": vec_env, "num_workers": 2,
             "eval_freq": 0, "checkpoint_freq": 32, "n_eval_episodes": 1,
@@ -117,4 +117,4 @@ def test_num_workers_is_validated():
     from metasched.errors import ConfigError
 
     with pytest.raises(ConfigError, match="num_workers"):
-        load_config("ppo", "metasched/NMF-v0", overrides={"num_workers": 0})
+        load_config("ppo", "metasched/NMF-v1", overrides={"num_workers": 0})

@@ -9,6 +9,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from metasched.envs.batched import BatchedNMFVecEnv
 from metasched.envs.lr_control import LRControlEnv
+from metasched.features import N_FEATURES
 
 SMALL = {"budget": 200, "steps_per_action": 20}
 
@@ -17,10 +18,10 @@ def test_is_an_sb3_vecenv_with_autoreset():
     venv = BatchedNMFVecEnv(4, seed=0, **SMALL)
     assert isinstance(venv, VecEnv)
     obs = venv.reset()
-    assert obs.shape == (4, 12) and venv.observation_space.contains(obs[0])
+    assert obs.shape == (4, N_FEATURES) and venv.observation_space.contains(obs[0])
     for _ in range(10):
         obs, rewards, dones, infos = venv.step(np.full(4, 1))
-        assert obs.shape == (4, 12) and rewards.shape == (4,) and np.all(np.isfinite(obs))
+        assert obs.shape == (4, N_FEATURES) and rewards.shape == (4,) and np.all(np.isfinite(obs))
         assert all(venv.observation_space.contains(o) for o in obs)
     assert dones.all()  # 10 decisions = the budget
     for info in infos:

@@ -8,6 +8,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from metasched.envs.batched_torch import BatchedTorchVecEnv
 from metasched.envs.lr_control import LRControlEnv
 from metasched.errors import ConfigError
+from metasched.features import N_FEATURES
 from metasched.inner_tasks import make_family
 from metasched.inner_tasks.base import TaskFamily
 from metasched.inner_tasks.mixed import MixedConfig
@@ -142,8 +143,9 @@ def test_mixed_slots_match_single_env_for_every_member():
 def test_divergence_matches_single_env():
     """Large absolute LRs without clipping diverge at the same step with the same penalty."""
     family = make_family("mlp", 0)
-    single = LRControlEnv(family=Float64Family("mlp"), split="test", action="absolute", **SMALL)
-    venv = BatchedTorchVecEnv(2, split="test", action="absolute", dtype=torch.float64, **SMALL)
+    kw = {"action": "absolute", "clip": "none", **SMALL}
+    single = LRControlEnv(family=Float64Family("mlp"), split="test", **kw)
+    venv = BatchedTorchVecEnv(2, split="test", dtype=torch.float64, **kw)
     venv.reset()
     hit = False
     for index in range(6):
@@ -165,7 +167,7 @@ def test_is_an_sb3_vecenv_with_autoreset():
     venv = BatchedTorchVecEnv(3, seed=0, **SMALL)
     assert isinstance(venv, VecEnv)
     obs = venv.reset()
-    assert obs.shape == (3, 12)
+    assert obs.shape == (3, N_FEATURES)
     for _ in range(6):
         obs, rewards, dones, infos = venv.step(np.full(3, 1))
         assert all(venv.observation_space.contains(o) for o in obs)

@@ -16,12 +16,12 @@ SMALL = {"budget": 200, "steps_per_action": 20}
 INFO_KEYS = {"lr", "applied_lr", "train_loss", "val_loss", "diverged", "clipped", "inner_steps"}
 # the evaluation envs train slow models: the checkers see short episodes of small instances
 CHECK_KW = {
-    "metasched/CNN-v0": {
+    "metasched/CNN-v1": {
         "budget": 20,
         "steps_per_action": 5,
         "family_kwargs": {"channels": [2], "train_sizes": [500], "val_size": 100},
     },
-    "metasched/CharLM-v0": {
+    "metasched/CharLM-v1": {
         "budget": 20,
         "steps_per_action": 5,
         "family_kwargs": {"contexts": [16], "batch_sizes": [4]},
@@ -52,12 +52,12 @@ def rollout(env, seed, actions):
 
 @pytest.mark.parametrize("action", ACTION_MODES)
 def test_same_seed_same_rollout(action):
-    space = gym.make("metasched/NMF-v0", action=action).action_space
+    space = gym.make("metasched/NMF-v1", action=action).action_space
     space.seed(3)
     actions = [space.sample() for _ in range(10)]
-    a = rollout(gym.make("metasched/NMF-v0", action=action, **SMALL), 11, actions)
-    b = rollout(gym.make("metasched/NMF-v0", action=action, **SMALL), 11, actions)
-    c = rollout(gym.make("metasched/NMF-v0", action=action, **SMALL), 12, actions)
+    a = rollout(gym.make("metasched/NMF-v1", action=action, **SMALL), 11, actions)
+    b = rollout(gym.make("metasched/NMF-v1", action=action, **SMALL), 11, actions)
+    c = rollout(gym.make("metasched/NMF-v1", action=action, **SMALL), 12, actions)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -83,7 +83,7 @@ def action_sequences():
 )
 def test_fuzz_random_actions(seq, clip, seed):
     mode, actions = seq
-    env = gym.make("metasched/NMF-v0", action=mode, clip=clip, split="train", **SMALL)
+    env = gym.make("metasched/NMF-v1", action=mode, clip=clip, split="train", **SMALL)
     obs, _ = env.reset(seed=seed)
     assert env.observation_space.contains(obs)
     for a in actions:
@@ -101,7 +101,7 @@ def test_fuzz_random_actions(seq, clip, seed):
 
 def test_divergence_terminates_with_documented_penalty():
     env = gym.make(
-        "metasched/NMF-v0", action="absolute", clip="none", divergence_penalty=3.0, **SMALL
+        "metasched/NMF-v1", action="absolute", clip="none", divergence_penalty=3.0, **SMALL
     )
     env.reset(seed=0)
     total, term, info = 0.0, False, {}
@@ -114,7 +114,7 @@ def test_divergence_terminates_with_documented_penalty():
 
 
 def test_clipping_caps_the_applied_lr_at_kappa_times_bound():
-    env = gym.make("metasched/NMF-v0", action="absolute", clip="deterministic", kappa=1.5, **SMALL)
+    env = gym.make("metasched/NMF-v1", action="absolute", clip="deterministic", kappa=1.5, **SMALL)
     env.reset(seed=0)
     bound = env.unwrapped.task.lr_bound()
     _, _, _, _, info = env.step(np.array([1.0], dtype=np.float32))
@@ -123,7 +123,7 @@ def test_clipping_caps_the_applied_lr_at_kappa_times_bound():
 
 
 def test_return_telescopes_to_log_improvement_and_budget_end_terminates():
-    env = gym.make("metasched/NMF-v0", split="test", **SMALL)
+    env = gym.make("metasched/NMF-v1", split="test", **SMALL)
     _, info0 = env.reset(seed=1)
     total, steps, term, trunc = 0.0, 0, False, False
     while not (term or trunc):
@@ -138,7 +138,7 @@ def test_return_telescopes_to_log_improvement_and_budget_end_terminates():
 
 
 def test_final_reward_mode_pays_only_at_the_end():
-    env = gym.make("metasched/NMF-v0", reward="final", **SMALL)
+    env = gym.make("metasched/NMF-v1", reward="final", **SMALL)
     _, info0 = env.reset(seed=2)
     rewards, term = [], False
     while not term:
@@ -149,7 +149,7 @@ def test_final_reward_mode_pays_only_at_the_end():
 
 
 def test_discrete_actions_multiply_the_lr():
-    env = gym.make("metasched/NMF-v0", clip="none", **SMALL)
+    env = gym.make("metasched/NMF-v1", clip="none", **SMALL)
     _, info = env.reset(seed=0)
     lr0 = info["lr"]
     _, _, _, _, info = env.step(2)
@@ -160,7 +160,7 @@ def test_discrete_actions_multiply_the_lr():
 
 
 def test_instance_option_and_splits():
-    env = gym.make("metasched/NMF-v0", split="shift", **SMALL)
+    env = gym.make("metasched/NMF-v1", split="shift", **SMALL)
     _, info = env.reset(seed=0, options={"instance": 5})
     assert info["instance"].endswith("-shift5")
     with pytest.raises(ValueError, match="instance"):
@@ -182,11 +182,11 @@ def test_instance_option_and_splits():
 )
 def test_bad_kwargs_give_clear_errors(kwargs, match):
     with pytest.raises((ValueError, KeyError), match=match):
-        gym.make("metasched/NMF-v0", **kwargs)
+        gym.make("metasched/NMF-v1", **kwargs)
 
 
 def test_invalid_discrete_action_is_a_clear_error():
-    env = gym.make("metasched/NMF-v0", **SMALL)
+    env = gym.make("metasched/NMF-v1", **SMALL)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="invalid discrete3 action"):
         env.unwrapped.step(5)

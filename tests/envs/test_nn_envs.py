@@ -12,16 +12,16 @@ from metasched.inner_tasks import MixedConfig, MixedFamily, make_family
 from metasched.inner_tasks import fashion as fm
 
 NN_IDS = [
-    "metasched/MLP-v0",
-    "metasched/MNIST1D-v0",
-    "metasched/CNN-v0",
-    "metasched/CharLM-v0",
-    "metasched/Mixed-v0",
+    "metasched/MLP-v1",
+    "metasched/MNIST1D-v1",
+    "metasched/CNN-v1",
+    "metasched/CharLM-v1",
+    "metasched/Mixed-v1",
 ]
 SHORT = {"budget": 40, "steps_per_action": 10}
 TINY = {
-    "metasched/CNN-v0": {"family_kwargs": {"channels": [2], "train_sizes": [500], "val_size": 100}},
-    "metasched/CharLM-v0": {"family_kwargs": {"contexts": [16], "batch_sizes": [4]}},
+    "metasched/CNN-v1": {"family_kwargs": {"channels": [2], "train_sizes": [500], "val_size": 100}},
+    "metasched/CharLM-v1": {"family_kwargs": {"contexts": [16], "batch_sizes": [4]}},
 }
 
 
@@ -49,7 +49,7 @@ def test_episode_reaches_the_budget_with_validation_features(env_id):
         assert obs[FEATURE_NAMES.index("val_known")] == 1.0
 
 
-@pytest.mark.parametrize("env_id", ["metasched/MLP-v0", "metasched/MNIST1D-v0"])
+@pytest.mark.parametrize("env_id", ["metasched/MLP-v1", "metasched/MNIST1D-v1"])
 def test_same_seed_same_rollout(env_id):
     def rollout(seed):
         env = make(env_id)
@@ -65,7 +65,13 @@ def test_same_seed_same_rollout(env_id):
 
 
 def test_divergence_terminates_with_the_penalty():
-    env = make("metasched/MLP-v0", action="absolute", lr_range=(1.0, 5e4), divergence_penalty=2.0)
+    env = make(
+        "metasched/MLP-v1",
+        action="absolute",
+        lr_range=(1.0, 5e4),
+        divergence_penalty=2.0,
+        clip="none",  # the default clip="auto" keeps it from diverging
+    )
     env.reset(seed=0)
     total, term, info = 0.0, False, {}
     while not term:
@@ -112,7 +118,7 @@ def test_fashion_env_without_data_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("METASCHED_FASHION_MNIST_DIR", str(tmp_path))
     fm.fashion_data.cache_clear()
     try:
-        env = make("metasched/CNN-v0")
+        env = make("metasched/CNN-v1")
         with pytest.raises(MissingDataError, match="dataset-fashion-mnist"):
             env.reset(seed=0)
     finally:

@@ -32,7 +32,7 @@ from metasched.schedulers import (
 )
 from metasched.signal import TrainingSignal
 
-ENV_ID = "metasched/NMF-v0"
+ENV_ID = "metasched/NMF-v1"
 TRAIN_ENV = {"budget": 200, "steps_per_action": 50}
 ON = {"n_steps": 32, "batch_size": 32, "n_epochs": 2, "seed": 0, "device": "cpu"}
 CASES = {

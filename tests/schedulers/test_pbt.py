@@ -176,7 +176,14 @@ def test_end_to_end_on_nmf_budget_2000():
 def test_driver_measured_scores_of_members_off_the_main_line_count_as_evaluations(tiny_mlp):
     task = tiny_mlp(width=8)
     s = PBTScheduler(population=3, ready=100)
-    tr = run_schedule(task, s, budget=60, interval=20)
+    tr = run_schedule(task, s, budget=60, interval=20, clip="none")
     # the driver measures every member's validation loss; the main line's is its own
     assert s.extra_evals == 2 * 3
     assert tr.extra_steps == 2 * 60 + round(6 * eval_cost(task))
+    # under the default clip="auto" the measured bound's cost counts on top
+    s = PBTScheduler(population=3, ready=100)
+    run = Run(task, s, budget=60, interval=20)
+    run.start(0)
+    tr = run.run()
+    assert run.driver.extra_steps > 0
+    assert tr.extra_steps == 2 * 60 + round(6 * eval_cost(task)) + round(run.driver.extra_steps)
