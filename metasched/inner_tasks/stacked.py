@@ -825,7 +825,7 @@ class StackedNetworks:
         want = np.arange(self.n_slots) if slots is None else np.asarray(slots, dtype=np.int64)
         for s in want:
             self._check_slot(s)
-        self._bound_cost_last[want] = 0.0
+        self._bound_cost_last[:] = 0.0
         est = self.stability
         if est is None:
             return np.full(want.size, np.nan)
@@ -853,7 +853,7 @@ class StackedNetworks:
 
     @property
     def bound_cost_last(self) -> np.ndarray:
-        """``(B,)`` SGD steps the last :meth:`lr_bound` call spent on each slot (0: cached)."""
+        """``(B,)`` SGD steps the last :meth:`lr_bound` call spent per slot (0: not measured)."""
         return self._bound_cost_last.copy()
 
     def _spend(self, slots: np.ndarray | int, cost: np.ndarray | float) -> None:
