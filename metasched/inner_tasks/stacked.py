@@ -321,43 +321,53 @@ class _MLPBucket:
         decay = bool(np.any(self.wd[:k] > 0))
         keep = self.spread(1.0 - self.mu)
         wd = self.spread(self.wd)
-        losses = torch.empty(T, k, dtype=dt)
         g2 = torch.zeros(T, k, dtype=dt)
         params, bufs, grads = self.p, self.buf, self.grads
         grads.zero_()  # unused positions stay finite
         blocks = [b[:k] for b in self.views(params)]
         weights, biases = blocks[0::2], blocks[1::2]
+        # views made once per call (the tensors are updated in place): fewer ops per step
+        weights_t = [w.transpose(1, 2) for w in weights]
+        biases_u = [b.unsqueeze(1) for b in biases]
         gblocks = [b[:k] for b in self.views(grads)]
         gw, gb = gblocks[0::2], gblocks[1::2]
-        n_layers = len(weights)
+        gflat = [g.flatten(1) for g in gblocks]
+        last = len(weights) - 1
         row_w = rows.unsqueeze(2)
         minus_one = torch.full((k, self.batch_max, 1), -1.0, dtype=dt)
         with torch.no_grad():
+            # every step's minibatches at once; the label's log-probability per row and step
+            flat = idx.view(-1)
+            xb = xs.index_select(0, flat).view(T, k, -1, self.dims[0])
+            yb = ys.index_select(0, flat).view(T, k, -1, 1)
+            picked = torch.empty(T, k, self.batch_max, 1, dtype=dt)
             for t in range(T):
-                flat = idx[t].view(-1)
-                x = xs.index_select(0, flat).view(k, -1, self.dims[0])
-                y = ys.index_select(0, flat).view(k, -1, 1)
-                acts, pre, logp = self._forward(weights, biases, x)
-                picked = logp.gather(2, y).squeeze(2)
-                torch.mul(picked, rows, out=picked)
-                torch.sum(picked, 1, out=losses[t]).neg_()
+                y = yb[t]
+                acts = [xb[t]]
+                for i in range(last):
+                    acts.append(torch.baddbmm(biases_u[i], acts[i], weights_t[i]).relu_())
+                logp = torch.baddbmm(biases_u[last], acts[last], weights_t[last])
+                logp = torch.log_softmax(logp, dim=2)
+                torch.gather(logp, 2, y, out=picked[t])
                 dz = logp.exp_()
                 dz.scatter_add_(2, y, minus_one)
                 dz.mul_(row_w)
-                for i in range(n_layers - 1, -1, -1):
+                for i in range(last, -1, -1):
                     torch.bmm(dz.transpose(1, 2), acts[i], out=gw[i])
                     torch.sum(dz, 1, out=gb[i])
-                    if i:
-                        dz = torch.bmm(dz, weights[i]).mul_(pre[i - 1] > 0)
+                    if i:  # ReLU backward: through where the layer's output is positive
+                        dz = torch.ops.aten.threshold_backward(
+                            torch.bmm(dz, weights[i]), acts[i], 0
+                        )
                 if decay:
                     grads.addcmul_(params, wd)
-                for g in gblocks:
-                    g2[t] += torch.linalg.vecdot(g.flatten(1), g.flatten(1))
+                torch.sum(torch.stack([torch.linalg.vecdot(g, g) for g in gflat]), 0, out=g2[t])
                 step = grads
                 if momentum:
                     bufs.lerp_(grads, keep)
                     step = bufs
                 params.addcmul_(step, rate, value=-1.0)
+            losses = torch.mul(picked.squeeze(3), rows).sum(2).neg_()
         return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
 
     def evaluate(self, pos: np.ndarray) -> np.ndarray:
