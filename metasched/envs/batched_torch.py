@@ -409,8 +409,8 @@ class BatchedTorchVecEnv(VecEnv):
         action_space = action_space_for(action)
         if lr_range is None:
             lr_range = family_lr_range(family)
-        self._family_kwargs = dict(family_kwargs or {})
         self.family_name = family
+        self.family_kwargs = dict(family_kwargs or {})
         lo, hi = self._check_settings(
             split=split,
             budget=budget,
@@ -448,7 +448,6 @@ class BatchedTorchVecEnv(VecEnv):
         self.divergence_penalty = float(divergence_penalty)
         self.divergence_factor = float(divergence_factor)
         self.family_seed = family_seed
-        self.family_kwargs = dict(family_kwargs or {})
         self.dtype = dtype
         self.kernel = kernel
         self.n_processes = int(n_processes)
@@ -513,7 +512,7 @@ class BatchedTorchVecEnv(VecEnv):
     def _has_nmf(self) -> bool:
         if self.family_name != "mixed":
             return False
-        return "nmf" in self._family_kwargs.get("families", DEFAULT_MEMBERS)
+        return "nmf" in self.family_kwargs.get("families", DEFAULT_MEMBERS)
 
     @property
     def core(self) -> _Core:

@@ -370,6 +370,24 @@ class _MLPBucket:
             losses = torch.mul(picked.squeeze(3), rows).sum(2).neg_()
         return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
 
+    def minibatch_losses(self, n_steps: int) -> np.ndarray:
+        """Losses ``(k, T)`` of the next ``n_steps`` minibatches at the current parameters.
+
+        What :meth:`train` at LR 0 would log (its minibatch streams advance alike), by
+        forward passes only: the paired reference of a fork test.
+        """
+        k, T = len(self.members), n_steps
+        idx, rows = self._draws(k, T)
+        flat = idx.transpose(0, 1).reshape(-1)  # per position, its T minibatches in a row
+        x = self.x.view(-1, self.dims[0]).index_select(0, flat).view(k, -1, self.dims[0])
+        y = self.y.view(-1).index_select(0, flat).view(k, -1, 1)
+        blocks = [b[:k] for b in self.views(self.p)]
+        with torch.no_grad():
+            _, _, logp = self._forward(blocks[0::2], blocks[1::2], x)
+            picked = logp.gather(2, y).view(k, T, -1)
+            losses = torch.mul(picked, rows.unsqueeze(1)).sum(2).neg_()
+        return losses.double().numpy()
+
     def evaluate(self, pos: np.ndarray) -> np.ndarray:
         """Held-out mean cross-entropy of ``pos`` (all positions' forward runs at once)."""
         k = len(self.members)
@@ -557,6 +575,19 @@ class _CNN1DBucket:
                         g = b
                     p.sub_(g * rate.view(shaped[i]))
         return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
+
+    def minibatch_losses(self, n_steps: int) -> np.ndarray:
+        """Losses ``(k, T)`` of the next ``n_steps`` minibatches (as :class:`_MLPBucket`)."""
+        k, T = len(self.members), n_steps
+        idx, rows = self._draws(k, T)
+        flat = idx.transpose(0, 1).reshape(-1)  # per position, its T minibatches in a row
+        x = self.x.view(-1, *self.in_shape).index_select(0, flat).view(k, -1, *self.in_shape)
+        y = self.y.view(-1).index_select(0, flat).view(k, -1, 1)
+        with torch.no_grad():
+            logp = torch.log_softmax(self._logits([p[:k] for p in self.p], x), dim=2)
+            picked = logp.gather(2, y).view(k, T, -1)
+            losses = -(picked * rows.unsqueeze(1)).sum(2)
+        return losses.double().numpy()
 
     def evaluate(self, pos: np.ndarray) -> np.ndarray:
         """Held-out mean cross-entropy of ``pos``."""
@@ -899,20 +930,15 @@ class StackedNetworks:
         window = np.ones(width) / width
         cost = np.full(n, float(T))
 
-        def run(sel: np.ndarray, grid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-            # the rate exactly as the single estimator computes it, anchor * 2 ** (k / 2)
-            lr = np.zeros(sel.size)
-            if grid is not None:
-                pairs = zip(anchor[sel], grid, strict=True)
-                lr = np.array([a * 2 ** (int(k) / 2) for a, k in pairs])
-            res = bucket.fork(pos[sel]).train(T, lr)
-            return res["losses"], res["g2"]
-
-        base, _ = run(np.arange(n), None)  # the paired reference: the same batches at LR 0
+        # the paired reference: the same minibatches at LR 0 (forward passes only)
+        base = bucket.fork(pos).minibatch_losses(T)
         ref = [np.convolve(row, window, mode="valid") for row in base]
 
         def passes(sel: np.ndarray, grid: np.ndarray) -> np.ndarray:
-            losses, g2 = run(sel, grid)
+            # the rate exactly as the single estimator computes it, anchor * 2 ** (k / 2)
+            lr = np.array([a * 2 ** (int(k) / 2) for a, k in zip(anchor[sel], grid, strict=True)])
+            res = bucket.fork(pos[sel]).train(T, lr)
+            losses, g2 = res["losses"], res["g2"]
             with np.errstate(invalid="ignore"):
                 bad = ~(losses <= limit[sel, None])
             first = np.where(bad.any(1), bad.argmax(1), T)
