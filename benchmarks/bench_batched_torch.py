@@ -247,9 +247,9 @@ def bench_nmf_batch(n: int, calls: int, rounds: int) -> dict[str, float]:
     lr = 0.3 * singles[0].lr_bound()
     lrs = np.full(n, lr)
     gens = [np.random.default_rng(i) for i in range(n)]
-    per_slot = BatchedNMF.from_tasks(tasks(), gens, kernel="fast", dtype=torch.float64)
+    per_slot = BatchedNMF.from_tasks(tasks(), gens, dtype=torch.float64)
     gens = [np.random.default_rng(i) for i in range(n)]
-    shared = BatchedNMF(n, per_slot.max_shape, kernel="fast", dtype=torch.float64, rng="shared")
+    shared = BatchedNMF(n, per_slot.max_shape, dtype=torch.float64, rng="shared")
     for i, t in enumerate(tasks()):
         shared.load(i, t, gens[i])
 

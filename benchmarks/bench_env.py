@@ -12,18 +12,16 @@ equal-work ratios.
    20,000 inner steps/s);
 3. batched NMF, B=64, vs 64 single instances stepped in a loop (target >= 8x), one process:
    ``float64``: 64 ``NMFTask`` (float64, update norms) against ``BatchedNMF`` in float64
-   with update norms, exact and fast kernel; ``float32``: 64 one-slot ``BatchedNMF`` in a
-   loop against one 64-slot ``BatchedNMF``, same kernel on both sides — the exact kernel
-   (update norms on both) and the fast kernel (update norms on neither, as the vector env
-   calls it);
+   with update norms; ``float32``: 64 one-slot ``BatchedNMF`` in a loop against one 64-slot
+   ``BatchedNMF``, update norms on neither side (as the vector env calls it);
 4. vector envs, env only (no agent): transitions per second (``VecEnv.step`` calls x
    ``num_envs``) with random valid actions on ``metasched/NMF-v0`` (default env kwargs,
    split ``train``). Single process, float64 on both sides: an SB3 ``DummyVecEnv`` of 8
-   ``LRControlEnv`` against ``BatchedNMFVecEnv`` in float64 with one process (the exact and
-   the fast kernel). There is no float32 single env, so the float32 batched env has no
+   ``LRControlEnv`` against ``BatchedNMFVecEnv`` in float64 with one process (bucketed and
+   not). There is no float32 single env, so the float32 batched env has no
    equal-work baseline: its rows are absolute rates. Multi-process (labelled): SB3
    ``SubprocVecEnv`` with 2 and 4 envs (one process each) and ``BatchedNMFVecEnv`` with its
-   defaults (bucketed, fast kernel, float32, 2 processes) at several ``num_envs``; their
+   defaults (bucketed, float32, 2 processes) at several ``num_envs``; their
    ratios to the single-process ``DummyVecEnv`` mix process counts (and dtypes) and say so.
    The timed window is a whole number of episodes (40 decisions each), so the episode
    resets are part of the measurement.
@@ -107,8 +105,9 @@ def bench_single(steps: int, repeats: int) -> dict[str, float]:
 def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, object]:
     """Problem-steps per second: one B-slot batch vs B single instances, equal work.
 
-    Returns one block per dtype; each compares the same kernel (or, in float64, the single
-    task's own arithmetic) with the same bookkeeping on both sides, in one process.
+    Returns one block per dtype; each compares the batch with single instances (in float64,
+    the single task's own arithmetic; in float32, one-slot batches) with the same
+    bookkeeping on both sides, in one process.
     """
     from metasched.inner_tasks.nmf_batched import BatchedNMF
 
@@ -123,13 +122,13 @@ def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, object]:
     lrs = np.full(n_slots, lr)
     work = n_slots * calls * 50
 
-    def batch(kernel: str, dtype: torch.dtype) -> BatchedNMF:
+    def batch(dtype: torch.dtype) -> BatchedNMF:
         gens = [np.random.default_rng(i) for i in range(n_slots)]
-        return BatchedNMF.from_tasks(tasks(), gens, kernel=kernel, dtype=dtype)
+        return BatchedNMF.from_tasks(tasks(), gens, dtype=dtype)
 
-    def one_slot_batches(kernel: str, dtype: torch.dtype) -> list[BatchedNMF]:
+    def one_slot_batches(dtype: torch.dtype) -> list[BatchedNMF]:
         return [
-            BatchedNMF.from_tasks([t], [np.random.default_rng(i)], kernel=kernel, dtype=dtype)
+            BatchedNMF.from_tasks([t], [np.random.default_rng(i)], dtype=dtype)
             for i, t in enumerate(tasks())
         ]
 
@@ -159,29 +158,21 @@ def bench_batched(n_slots: int, calls: int, repeats: int) -> dict[str, object]:
         return work / best_of(run, repeats)
 
     loop64 = rate_loop_tasks()
-    exact64 = rate_batch(batch("exact", torch.float64), True)
-    fast64 = rate_batch(batch("fast", torch.float64), True)
-    loop32_exact = rate_loop_batches(one_slot_batches("exact", torch.float32), True)
-    exact32 = rate_batch(batch("exact", torch.float32), True)
-    loop32_fast = rate_loop_batches(one_slot_batches("fast", torch.float32), False)
-    fast32 = rate_batch(batch("fast", torch.float32), False)
+    batched64 = rate_batch(batch(torch.float64), True)
+    loop32 = rate_loop_batches(one_slot_batches(torch.float32), False)
+    batched32 = rate_batch(batch(torch.float32), False)
     return {
         "float64": {
             "loop_of_NMFTask_problem_steps_per_s": loop64,
-            "batched_exact_problem_steps_per_s": exact64,
-            "batched_fast_problem_steps_per_s": fast64,
-            "speedup_exact": exact64 / loop64,
-            "speedup_fast": fast64 / loop64,
+            "batched_problem_steps_per_s": batched64,
+            "speedup": batched64 / loop64,
             "bookkeeping": "update norms on both sides",
         },
         "float32": {
-            "loop_of_1slot_exact_problem_steps_per_s": loop32_exact,
-            "batched_exact_problem_steps_per_s": exact32,
-            "speedup_exact": exact32 / loop32_exact,
-            "loop_of_1slot_fast_problem_steps_per_s": loop32_fast,
-            "batched_fast_problem_steps_per_s": fast32,
-            "speedup_fast": fast32 / loop32_fast,
-            "bookkeeping": "exact: update norms on both sides; fast: on neither",
+            "loop_of_1slot_problem_steps_per_s": loop32,
+            "batched_problem_steps_per_s": batched32,
+            "speedup": batched32 / loop32,
+            "bookkeeping": "update norms on neither side",
         },
     }
 
@@ -229,24 +220,16 @@ def bench_vecenvs(
 
     single: dict[str, object] = {}
     single["dummy_8_float64"] = time_vecenv(DummyVecEnv([_make_single_env] * 8), warmup, steps)
-    for kernel in ("exact", "fast"):
-        venv = BatchedNMFVecEnv(
-            num_envs=64, split="train", seed=0, kernel=kernel, dtype=torch.float64, n_processes=1
-        )
-        single[f"batched_64_{kernel}_float64"] = time_vecenv(venv, warmup, steps)
+    venv = BatchedNMFVecEnv(num_envs=64, split="train", seed=0, dtype=torch.float64, n_processes=1)
+    single["batched_64_float64"] = time_vecenv(venv, warmup, steps)
     if baseline:
-        # the pre-bucketing configuration: exact kernel, family-max padding, one process
+        # the pre-bucketing configuration: family-max padding, one process
         venv = BatchedNMFVecEnv(
-            num_envs=64,
-            seed=0,
-            kernel="exact",
-            bucketing=False,
-            n_processes=1,
-            dtype=torch.float64,
+            num_envs=64, seed=0, bucketing=False, n_processes=1, dtype=torch.float64
         )
-        single["batched_64_exact_unbucketed_float64"] = time_vecenv(venv, warmup, steps)
+        single["batched_64_unbucketed_float64"] = time_vecenv(venv, warmup, steps)
     venv = BatchedNMFVecEnv(num_envs=64, split="train", seed=0, n_processes=1)
-    single["batched_64_fast_float32_no_equal_work_baseline"] = time_vecenv(venv, warmup, steps)
+    single["batched_64_float32_no_equal_work_baseline"] = time_vecenv(venv, warmup, steps)
     base = single["dummy_8_float64"]["transitions_per_s"]
     single["ratios_float64_to_dummy"] = {
         key: row["transitions_per_s"] / base

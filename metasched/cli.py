@@ -37,17 +37,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from metasched.distill.compare import DEFAULT_GRID
     from metasched.distill.sanity import constant_vs_cosine
+    from metasched.envs.registration import env_defaults
     from metasched.inner_tasks import make_family
 
-    family = make_family(args.family, args.family_seed)
+    make_family(args.family, args.family_seed)  # an unknown name fails here, before any run
+    grid = DEFAULT_GRID if args.grid is None else _grid(args.grid)
+    budget, interval, _ = env_defaults(args.family)
     print(
-        f"tuning constant and cosine LRs on {args.n_train} train instances of {args.family!r}, "
-        f"then running {args.n_val} val instances (budget {args.budget} inner steps) ..."
+        f"tuning constant and cosine LRs ({len(grid)} multiples of the reference LR) on "
+        f"{args.n_train} train instances of {args.family!r}, then running {args.n_val} val "
+        f"instances (budget {args.budget or budget} inner steps, one decision every "
+        f"{args.interval or interval}) ..."
     )
     result = constant_vs_cosine(
-        family, n_train=args.n_train, n_val=args.n_val, budget=args.budget, interval=args.interval
-    )
+        args.family, family_seed=args.family_seed, n_train=args.n_train, n_val=args.n_val,
+        budget=args.budget, interval=args.interval, grid=grid, jobs=args.jobs,
+    )  # fmt: skip
     print(result.table())
     return 0
 
@@ -240,8 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family-seed", type=int, default=0)
     p.add_argument("--n-train", type=_positive_int, default=10)
     p.add_argument("--n-val", type=_positive_int, default=20, help="val instances compared")
-    p.add_argument("--budget", type=_positive_int, default=2000, help="inner steps per run")
-    p.add_argument("--interval", type=_positive_int, default=50, help="inner steps per decision")
+    p.add_argument("--budget", type=_positive_int, help="inner steps per run (default: the env's)")
+    p.add_argument(
+        "--interval", type=_positive_int, help="inner steps per decision (default: the env's)"
+    )
+    p.add_argument(
+        "--grid",
+        help="tuning grid: comma-separated multiples of the reference LR (default: compare's, "
+        "21 half-octaves from 1/32 to 32)",
+    )
+    p.add_argument("--jobs", type=_positive_int, default=1, help="processes (default: 1)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("train", help="train a meta-agent (SB3) on a metasched env")

@@ -76,7 +76,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -87,6 +86,7 @@ import torch
 import torch.nn.functional as F
 
 from metasched.actions import ACTION_MODES, DISCRETE_FACTORS
+from metasched.atomic import write_bytes
 from metasched.errors import ExportError
 
 __all__ = [
@@ -205,35 +205,10 @@ def write_policy(
         _decode(data)
     except _Invalid as e:
         raise ExportError(f"refusing to write policy file {str(path)!r}: {e}") from None
-    parent = path.parent if str(path.parent) else Path(".")
-    tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        try:  # make the rename durable too (best effort: not every platform allows it)
-            dir_fd = os.open(parent, os.O_RDONLY)
-        except OSError:
-            pass
-        else:
-            try:
-                os.fsync(dir_fd)
-            except OSError:
-                pass
-            finally:
-                os.close(dir_fd)
+        write_bytes(path, data)
     except OSError as e:
         raise ExportError(f"cannot write policy file {str(path)!r}: {e.strerror or e}") from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
     return path
 
 

@@ -27,7 +27,6 @@ def _default(func, name):
         run_schedule,
         LRControlEnv,
         BatchedNMFVecEnv,
-        sanity.run_open_loop,
         sanity.constant_vs_cosine,
     ],
     ids=lambda f: f.__qualname__,

@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from metasched.atomic import TMP_PREFIX, fsync_dir, write_text
 from metasched.errors import ConfigError
 from metasched.schedulers.state_codec import decode_tree, encode_tree
 from metasched.yamlio import load_yaml
 
 __all__ = [
     "CHECKPOINT_PREFIX",
-    "atomic_write_text",
     "checkpoint_dirs",
     "latest_checkpoint",
     "load_vecnormalize_stats",
@@ -61,34 +61,6 @@ __all__ = [
 CHECKPOINT_PREFIX = "step_"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Path:
     """Create directory ``target`` by filling a temporary sibling and renaming it.
 
@@ -96,7 +68,7 @@ def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Pa
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
     try:
         fill(tmp)
         for f in tmp.iterdir():
@@ -112,7 +84,7 @@ def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -164,7 +136,7 @@ def recover_replaced_dirs(parent: str | Path) -> list[Path]:
         target = parent / name
         if name and not target.exists():
             os.replace(old, target)
-            _fsync_dir(parent)
+            fsync_dir(parent)
             restored.append(target)
     return restored
 
@@ -179,7 +151,7 @@ def remove_stale_temporaries(run_dir: str | Path) -> None:
         recover_replaced_dirs(parent)
         if parent.is_dir():
             for p in parent.iterdir():
-                if not p.name.startswith((".tmp-", ".old-")):
+                if not p.name.startswith((TMP_PREFIX, ".old-")):
                     continue
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
@@ -269,7 +241,8 @@ def obs_norm_from_stats(stats: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Atomically write ``data`` as strict JSON (non-finite floats encoded, see module doc)."""
-    atomic_write_text(path, json.dumps(encode_tree(data), indent=1, allow_nan=False) + "\n")
+    text = json.dumps(encode_tree(data), indent=1, allow_nan=False) + "\n"
+    write_text(path, text, parents=True)
 
 
 def read_json(path: str | Path) -> Any:

@@ -37,7 +37,6 @@ import yaml
 
 from metasched.agents.config import TrainConfig, algo_class
 from metasched.agents.rundir import (
-    atomic_write_text,
     checkpoint_dirs,
     checkpoint_name,
     latest_checkpoint,
@@ -51,6 +50,7 @@ from metasched.agents.rundir import (
     write_dir_atomically,
     write_json,
 )
+from metasched.atomic import TMP_PREFIX, write_text
 from metasched.errors import ConfigError
 
 __all__ = [
@@ -412,7 +412,7 @@ class _Trainer:
 
         root = self.run_dir / "checkpoints"
         path = write_dir_atomically(root / checkpoint_name(n), fill)
-        atomic_write_text(root / "latest", path.name + "\n")
+        write_text(root / "latest", path.name + "\n")
         for old in checkpoint_dirs(self.run_dir)[:-1]:  # replay buffers: latest only
             (old / "replay_buffer.pkl").unlink(missing_ok=True)
         return path
@@ -440,7 +440,7 @@ class _Trainer:
         writer = csv.DictWriter(buf, fieldnames=EVAL_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_text(self.run_dir / "eval.csv", buf.getvalue())
+        write_text(self.run_dir / "eval.csv", buf.getvalue())
         if row["mean_return"] > self.best:
             self.best = row["mean_return"]
 
@@ -542,12 +542,12 @@ def _start(cfg: TrainConfig, tr: _Trainer, run_dir: Path, cmd: str) -> None:
     ``run_dir`` as it was (absent or empty) and the same command can simply be run again.
     """
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run_dir.name}-", dir=run_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{run_dir.name}-", dir=run_dir.parent))
     tr.run_dir = tmp
     try:
-        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(tmp / "version.json", _versions())
-        atomic_write_text(tmp / "command.txt", cmd + "\n")
+        write_text(tmp / "command.txt", cmd + "\n")
         base = {}
         for name in ("keep", "random"):
             base[name] = evaluate_policy(

@@ -44,7 +44,6 @@ a directory holding a comparison with other settings is refused rather than mixe
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -59,6 +58,9 @@ from typing import Any
 
 import numpy as np
 
+from metasched.atomic import write_text
+from metasched.distill.report import write_report
+from metasched.distill.results import final_loss, write_csv, write_tables
 from metasched.distill.tuning import TuningCurve, cost_curve, log_score, tune_curve
 from metasched.errors import ConfigError, MetaschedError, did_you_mean
 from metasched.inner_tasks import make_family
@@ -66,7 +68,6 @@ from metasched.inner_tasks.base import TaskFamily, check_split
 from metasched.loop import CLIP_MODES, DEFAULT_CLIP, DEFAULT_KAPPA
 from metasched.schedulers import SCHEDULERS, make_scheduler, run_schedule
 from metasched.schedulers.base import Scheduler
-from metasched.schedulers.runner import TRACE_COLUMNS
 
 __all__ = [
     "BACKENDS",
@@ -77,8 +78,8 @@ __all__ = [
     "SchedulerSpec",
     "TunedBaseline",
     "compare",
+    "evaluation_cells",
     "parse_scheduler",
-    "read_results",
     "split_schedulers",
 ]
 
@@ -445,16 +446,6 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return {"cell": cell.key(), "lr_ref": lr_ref, "trace": trace.to_dict()}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _load_cell(cell: Cell, root: Path) -> dict[str, Any] | None:
     path = cell.path(root)
     if not path.exists():
@@ -501,7 +492,7 @@ def run_cells(
 
     def store(i: int, res: dict[str, Any]) -> None:
         nonlocal done
-        _write_atomic(cells[i].path(root), json.dumps(res))
+        write_text(cells[i].path(root), json.dumps(res), parents=True)
         results[i] = res
         done += 1
         if progress:
@@ -567,11 +558,6 @@ def _raise_failed(cell: Cell, exc: BaseException, done: int, total: int, root: P
     if isinstance(exc, MetaschedError):  # bad user input (e.g. a policy file): one line
         raise ConfigError(msg) from exc
     raise RuntimeError(msg) from exc  # a bug: the worker's traceback is chained below
-
-
-def _final(res: dict[str, Any]) -> float:
-    t = res["trace"]
-    return math.inf if t["diverged"] or t["final_loss"] is None else float(t["final_loss"])
 
 
 def _run_args(spec: CompareSpec, family: str) -> tuple[Any, ...]:
@@ -665,7 +651,7 @@ def _tuning_entry(
     idx: Iterable[int],
 ) -> dict[str, Any]:
     b = curve.best
-    finals = [_final(runs[b][i]) for i in idx]
+    finals = [final_loss(runs[b][i]) for i in idx]
 
     def point(j: int) -> dict[str, Any]:
         return {"multiple": pts[j][0], **pts[j][1]}
@@ -730,16 +716,7 @@ def write_tuning_csv(tuning: dict[str, dict[str, Any]], path: Path) -> None:
                     "indistinguishable": text in flat,
                 }
             )
-    _write_csv(path, TUNING_COLUMNS, rows)
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, TUNING_COLUMNS, rows)
 
 
 def tuning_cost_cells(spec: CompareSpec, tuning: dict[str, dict[str, Any]]) -> list[Cell]:
@@ -770,7 +747,7 @@ def tuning_cost(
         if c.get("role") != "grid":
             continue
         key = (c["family"], c["label"], _point_key(c["multiple"], c["kwargs"]))
-        finals.setdefault(key, []).append(_final(r))
+        finals.setdefault(key, []).append(final_loss(r))
     rows = []
     for t in tuning.values():
         meds = []
@@ -792,6 +769,34 @@ def tuning_cost(
                 }
             )
     return rows
+
+
+def evaluation_cells(
+    spec: CompareSpec, schedulers: Sequence[SchedulerSpec], tuning: dict[str, dict[str, Any]]
+) -> list[Cell]:
+    """Return the runs on the evaluated split: every problem × scheduler, tuned ones at their pick.
+
+    Tuned labels run at the setting :func:`tune` chose (``tuning``); ``NAME@ref`` rows at the
+    reference LR; the rest at their own default start.
+    """
+    cells = []
+    for fam in spec.families:
+        for i in range(spec.n_instances):
+            for seed in range(spec.seeds):
+                for s in schedulers:
+                    mult, kwargs = None, s.kwargs
+                    if s.tuned:
+                        t = tuning[f"{fam}/{s.label}"]
+                        mult, kwargs = t["multiple"], {**s.kwargs, **t["kwargs"]}
+                    elif s.at_ref:
+                        mult = 1.0
+                    cells.append(
+                        Cell(
+                            fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
+                            kwargs, mult, *_run_args(spec, fam),
+                        )
+                    )
+    return cells
 
 
 def compare(
@@ -837,14 +842,14 @@ def compare(
             )
     known = dict(old.get("schedulers", {}))
     known.update({s.label: {"name": s.name, "kwargs": s.kwargs} for s in schedulers})
-    _write_atomic(settings, json.dumps({"spec": spec.to_json(), "schedulers": known}, indent=2))
+    write_text(settings, json.dumps({"spec": spec.to_json(), "schedulers": known}, indent=2))
 
     bar = _progress_bar(progress)
     log(f"tuning {', '.join(lb for lb in labels if lb in TUNED) or 'nothing'} on train ...")
     tuning = tune(
         spec, labels, root, jobs=jobs, progress=bar("tuning"), backend=backend, address=address
     )
-    _write_atomic(root / "tuning.json", json.dumps(tuning, indent=2))
+    write_text(root / "tuning.json", json.dumps(tuning, indent=2))
     write_tuning_csv(tuning, root / "tuning.csv")
     for entry in tuning.values():
         extra = "".join(f", {k}={v:g}" for k, v in entry["kwargs"].items())
@@ -855,23 +860,7 @@ def compare(
             + ("  [flat: a neighbour is within noise]" if entry["in_flat_region"] else "")
             + ("  [at the edge of the grid: widen it]" if entry["at_grid_edge"] else "")
         )
-    cells = []
-    for fam in spec.families:
-        for i in range(spec.n_instances):
-            for seed in range(spec.seeds):
-                for s in schedulers:
-                    mult, kwargs = None, s.kwargs
-                    if s.tuned:
-                        t = tuning[f"{fam}/{s.label}"]
-                        mult, kwargs = t["multiple"], {**s.kwargs, **t["kwargs"]}
-                    elif s.at_ref:
-                        mult = 1.0
-                    cells.append(
-                        Cell(
-                            fam, spec.family_seed, spec.split, i, seed, s.label, s.name,
-                            kwargs, mult, *_run_args(spec, fam),
-                        )
-                    )
+    cells = evaluation_cells(spec, schedulers, tuning)
     log(
         f"running {len(cells)} runs: {len(spec.families)} famil(ies) x {spec.n_instances} "
         f"{spec.split} instances x {spec.seeds} seed(s) x {len(schedulers)} schedulers ..."
@@ -891,12 +880,10 @@ def compare(
     results = [r for r in everything if r["cell"].get("role") != "grid"]
     cost_path = root / "tuning_cost.csv"
     if grid:
-        _write_csv(cost_path, COST_COLUMNS, tuning_cost(wanted, everything))
+        write_csv(cost_path, COST_COLUMNS, tuning_cost(wanted, everything))
     else:
         cost_path.unlink(missing_ok=True)
-    write_tables(results, root, spec)
-    from metasched.distill.report import write_report
-
+    write_tables(results, root)
     write_report(root, log=log)
     return root
 
@@ -912,112 +899,3 @@ def _progress_bar(enabled: bool) -> Callable[[str], Callable[[int, int], None] |
         return Progress(desc, unit="run").update_to
 
     return make
-
-
-RESULT_COLUMNS = (
-    "family", "split", "task", "instance", "seed", "scheduler", "budget", "interval",
-    "tuned_multiple", "lr_ref",
-    "final_loss", "best_loss", "auc_log_loss", "steps_to_target", "equal_compute_loss",
-    "compute", "wall_time", "diverged", "extra_steps", "clip_count",
-)  # fmt: skip
-
-
-def write_tables(results: Sequence[dict[str, Any]], root: Path, spec: CompareSpec) -> None:
-    """Write ``runs.csv`` (tidy, per decision) and ``results.csv`` (per run, with metrics).
-
-    The steps-to-target target of a problem is the tuned constant's final loss on it
-    (when ``constant`` is in the comparison, else the tuned cosine's, else none).
-    """
-    from metasched.distill.stats import run_metrics
-
-    def nan(x: Any) -> float:
-        return math.nan if x is None else float(x)
-
-    def curve(res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cols = res["trace"]["columns"]
-        return (
-            np.array([nan(x) for x in cols["step"]]),
-            np.array([nan(x) for x in cols["val_loss"]]),
-            np.array([nan(x) for x in cols["inner_steps"]]),
-        )
-
-    def problem(res: dict[str, Any]) -> tuple[Any, ...]:
-        c = res["cell"]
-        return (c["family"], c["split"], c["index"], c["seed"])
-
-    targets: dict[tuple[Any, ...], float] = {}
-    for ref in ("cosine", "constant"):  # constant wins when both are present
-        for r in results:
-            if r["cell"]["label"] == ref:
-                targets[problem(r)] = _final(r)
-    rows = []
-    with open(root / ".runs.csv.tmp", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(("family", "task", "instance", "seed", "scheduler", *TRACE_COLUMNS))
-        for r in results:
-            c, t = r["cell"], r["trace"]
-            cols = t["columns"]
-            for k in range(len(cols["step"])):
-                values = ("" if cols[n][k] is None else cols[n][k] for n in TRACE_COLUMNS)
-                w.writerow((c["family"], t["task"], c["index"], c["seed"], c["label"], *values))
-            steps, val, comp = curve(r)
-            m = run_metrics(
-                steps,
-                val,
-                comp,
-                budget=t["budget"],
-                final_loss=_final(r),
-                diverged=t["diverged"],
-                wall_time=nan(cols["wall_time"][-1]),
-                target=targets.get(problem(r), math.nan),
-            )
-            rows.append(
-                {
-                    "family": c["family"],
-                    "split": c["split"],
-                    "task": t["task"],
-                    "instance": c["index"],
-                    "seed": c["seed"],
-                    "scheduler": c["label"],
-                    "budget": t["budget"],
-                    "interval": t["interval"],
-                    "tuned_multiple": "" if c["multiple"] is None else c["multiple"],
-                    "lr_ref": r["lr_ref"],
-                    **m.to_dict(),
-                    "extra_steps": t["extra_steps"],
-                    "clip_count": t["clip_count"],
-                }
-            )
-    os.replace(root / ".runs.csv.tmp", root / "runs.csv")
-    with open(root / ".results.csv.tmp", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(root / ".results.csv.tmp", root / "results.csv")
-
-
-def read_results(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read ``results.csv`` back (numbers as floats, ``diverged`` as bool)."""
-    path = Path(root) / "results.csv"
-    if not path.exists():
-        raise ConfigError(f"no comparison results in {os.fspath(root)!r} (results.csv missing)")
-    out = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [k for k in RESULT_COLUMNS if k not in (reader.fieldnames or ())]
-        if missing:
-            raise ConfigError(
-                f"{os.fspath(path)!r} lacks the columns {missing} (written by another metasched "
-                "version): run the same metasched compare again to rewrite it"
-            )
-        for row in reader:
-            rec: dict[str, Any] = dict(row)
-            for k in RESULT_COLUMNS:
-                if k in ("family", "split", "task", "scheduler"):
-                    continue
-                if k == "diverged":
-                    rec[k] = row[k] == "True"
-                else:
-                    rec[k] = float(row[k]) if row[k] != "" else math.nan
-            out.append(rec)
-    return out

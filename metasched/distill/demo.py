@@ -13,7 +13,9 @@
 5. write ``report.md`` with the tables and plots.
 
 Only step 4 touches ``test``, and only to measure settings chosen before it. The baselines
-are tuned on ``DemoSettings.tune_instances`` ``train`` instances over :data:`DEMO_GRID`.
+are tuned on ``DemoSettings.tune_instances`` ``train`` instances over :data:`DEMO_GRID`;
+they do not depend on the agent, so with ``jobs > 1`` their tuning runs in a second process
+during steps 1-3 (training uses one core), and step 4 reads the cached grid runs back.
 
 Every stage is cached in the output directory: a second call reuses what is there (an
 interrupted training run is resumed), so nothing already produced is lost or recomputed.
@@ -28,8 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
-from metasched.distill.compare import TUNED, CompareSpec, compare, parse_scheduler
+from metasched.atomic import write_text
+from metasched.distill.compare import TUNED, CompareSpec, compare, parse_scheduler, tune
 from metasched.errors import ConfigError
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -103,6 +107,35 @@ def _train(run_dir: Path, s: DemoSettings, seed: int, log: Callable[[str], None]
     train(cfg, run_dir, progress=True, command=["metasched", "demo"], log=log)
 
 
+def _tune_worker(spec: CompareSpec, labels: list[str], root: Path) -> None:
+    """Tune ``labels`` into ``root`` (in a second process, on one core, while training runs)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    tune(spec, labels, root, jobs=1)
+
+
+def _start_tuning(spec: CompareSpec, labels: list[str], root: Path) -> Any:
+    """Start tuning the baselines in a background process; return it (or ``None`` if done).
+
+    The tuned baselines do not depend on the learned policy, so the demo tunes them on the
+    second core while the agent trains on the first. Every grid run is cached atomically, so
+    the comparison afterwards reads them back (and runs any the process did not finish).
+    """
+    import multiprocessing as mp
+
+    if (root / "tuning.json").is_file():
+        return None
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    proc = mp.get_context(method).Process(
+        target=_tune_worker, args=(spec, labels, root), name="metasched-demo-tuning", daemon=True
+    )
+    proc.start()
+    return proc
+
+
 def run_demo(
     out: str | os.PathLike[str],
     *,
@@ -123,22 +156,43 @@ def run_demo(
     s = DemoSettings.make(quick)
     t0 = time.perf_counter()
     run_dir = root / "run"
-    _train(run_dir, s, seed, log)
-
-    policy = root / "policy.msched"
-    log(f"[2/4] exporting the policy best on val to {policy}")
-    export_run(run_dir, policy, which="best")
-
-    rules = root / "rules.json"
-    log("[3/4] distilling the policy into rules and a GreedyLR setting ...")
-    d = distill(
-        policy, rules, n_train=s.distill_train, n_val=s.distill_val, log=lambda m: log("  " + m)
+    spec = CompareSpec(
+        n_instances=s.n_instances,
+        tune_instances=s.tune_instances,
+        grid=DEMO_GRID,
+        joint_grid=DEMO_JOINT_GRID,
+        tuning_cost=DEMO_TUNING_COST,
     )
-    (root / "distill.md").write_text(d.summary() + "\n", encoding="utf-8")
-    log(d.rules_text)
+    tuned = [lb for lb in TUNED if lb not in NOT_ON_NMF]
+    background = _start_tuning(spec, tuned, root / "compare") if jobs > 1 else None
+    if background is not None:
+        log(f"tuning {', '.join(tuned)} on train in a second process while the agent trains")
+    try:
+        _train(run_dir, s, seed, log)
+
+        policy = root / "policy.msched"
+        log(f"[2/4] exporting the policy best on val to {policy}")
+        export_run(run_dir, policy, which="best")
+
+        rules = root / "rules.json"
+        log("[3/4] distilling the policy into rules and a GreedyLR setting ...")
+        d = distill(
+            policy, rules, n_train=s.distill_train, n_val=s.distill_val,
+            log=lambda m: log("  " + m),
+        )  # fmt: skip
+        write_text(root / "distill.md", d.summary() + "\n")
+        log(d.rules_text)
+        if background is not None and background.is_alive():
+            log("waiting for the baseline tuning to finish ...")
+        if background is not None:
+            background.join()  # a failed tuning process is rerun (and reported) by compare
+    finally:
+        if background is not None and background.is_alive():
+            background.terminate()
+            background.join()
 
     specs = ["constant", "cosine", "cosine@ref", "constant@ref", "greedy", "greedy-tuned", "probe"]
-    specs += [lb for lb in TUNED if lb not in specs and lb not in NOT_ON_NMF]  # e.g. wsd
+    specs += [lb for lb in tuned if lb not in specs]  # e.g. wsd
     specs += [n for n in OPTIONAL_SEARCH if n in SCHEDULERS]
     specs += [n for n, mod in NMF_PEERS.items() if n in SCHEDULERS and find_spec(mod)]
     specs += [f"learned:{policy}", f"rules:{rules}", d.greedy.spec()]
@@ -147,13 +201,6 @@ def run_demo(
     names = {f"learned:{policy.stem}": "learned", f"rules:{rules.stem}": "rules",
              d.greedy.spec(): "greedy-distilled"}  # fmt: skip
     scheds = [type(x)(names.get(x.label, x.label), x.name, x.kwargs) for x in scheds]
-    spec = CompareSpec(
-        n_instances=s.n_instances,
-        tune_instances=s.tune_instances,
-        grid=DEMO_GRID,
-        joint_grid=DEMO_JOINT_GRID,
-        tuning_cost=DEMO_TUNING_COST,
-    )
     log(f"[4/4] comparing {len(scheds)} schedulers on {s.n_instances} held-out NMF instances")
     cmp_dir = compare(spec, scheds, root / "compare", jobs=jobs, log=lambda m: log("  " + m),
                       progress=True)  # fmt: skip
@@ -203,7 +250,5 @@ def _write_report(root: Path, cmp_dir: Path, run_dir: Path, seconds: float) -> P
         body,
     ]
     path = root / "report.md"
-    tmp = root / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines))
     return path

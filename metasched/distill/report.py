@@ -11,7 +11,6 @@ Two views, both over the same problems:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -21,13 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from metasched.distill.compare import read_results
-from metasched.distill.stats import STRICT_MARGIN, aggregate, performance_profile, win_rates
+from metasched.atomic import write_text
+from metasched.distill.results import read_results, read_tuning_cost, write_csv
+from metasched.distill.stats import (
+    STRICT_MARGIN,
+    aggregate,
+    performance_profile,
+    probability_of_improvement,
+    win_rates,
+)
 
 __all__ = [
     "BASELINES",
     "add_runs_to_match",
-    "read_tuning_cost",
     "summarise",
     "write_plots",
     "write_report",
@@ -40,6 +45,7 @@ SUMMARY_COLUMNS = (
     "family", "scheduler", "n", "median_final", "median_final_lo", "median_final_hi",
     "iqm_final", "iqm_final_lo", "iqm_final_hi", "median_best", "median_auc_log_loss",
     "median_steps_to_target", "median_ratio_to_constant", "strict_win_vs_constant",
+    "prob_improvement_vs_constant",
     "median_equal_compute", "iqm_equal_compute", "median_compute_x_budget",
     "median_wall_time", "diverged", "tuning_runs_to_match_learned",
 )  # fmt: skip
@@ -65,12 +71,22 @@ def _aligned(groups: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str
     return {k: [r for r in g if (r["instance"], r["seed"]) in common] for k, g in groups.items()}
 
 
+def _instances(groups: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """Return the instance of each problem of aligned ``groups`` (the same in every group)."""
+    return [r["instance"] for r in next(iter(groups.values()))]
+
+
 def summarise(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any]]:
     """One summary row per scheduler on ``family`` (see ``SUMMARY_COLUMNS``)."""
     groups = _aligned(_by(rows, family))
     budget = next(iter(groups.values()))[0]["budget"]
     finals = {k: _col(g, "final_loss") for k, g in groups.items()}
     _, strict = win_rates(finals) if "constant" in finals else ({}, {})
+    poi = (
+        probability_of_improvement(finals, _instances(groups), [(k, "constant") for k in finals])
+        if "constant" in finals
+        else {}
+    )
     out = []
     for k, g in groups.items():
         fin = finals[k]
@@ -94,6 +110,7 @@ def summarise(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any
                 "median_steps_to_target": _nanmedian(_col(g, "steps_to_target")),
                 "median_ratio_to_constant": _nanmedian(ratio),
                 "strict_win_vs_constant": strict.get(k, {}).get("constant", math.nan),
+                "prob_improvement_vs_constant": poi.get(k, {}).get("constant", math.nan),
                 "median_equal_compute": eqc.median,
                 "iqm_equal_compute": eqc.iqm,
                 "median_compute_x_budget": float(np.median(_col(g, "compute"))) / budget,
@@ -102,23 +119,6 @@ def summarise(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any
                 "tuning_runs_to_match_learned": math.nan,
             }
         )
-    return out
-
-
-def read_tuning_cost(root: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
-    """Read ``tuning_cost.csv``: the curves per ``(family, scheduler)`` (none if absent)."""
-    path = root / "tuning_cost.csv"
-    out: dict[tuple[str, str], list[dict[str, float]]] = {}
-    if not path.exists():
-        return out
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            key = (row["family"], row["scheduler"])
-            out.setdefault(key, []).append(
-                {k: float(v) for k, v in row.items() if k not in ("family", "scheduler")}
-            )
-    for curve in out.values():
-        curve.sort(key=lambda r: r["tuning_runs"])
     return out
 
 
@@ -245,11 +245,7 @@ def write_report(
     cost = read_tuning_cost(root)
     add_runs_to_match(summary, cost, learned)
     scale = {r["family"]: (int(r["budget"]), int(r["interval"])) for r in rows}
-    with open(root / ".summary.csv.tmp", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
-        w.writeheader()
-        w.writerows(summary)
-    os.replace(root / ".summary.csv.tmp", root / "summary.csv")
+    write_csv(root / "summary.csv", SUMMARY_COLUMNS, summary)
     figures = write_plots(root, rows, instances)
     tuning_figs = _tuning_plots(root, tuning, cost, summary, learned)
 
@@ -341,9 +337,7 @@ def write_report(
         lines += ["", "### Plots", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures.get(fam, [])]
     path = root / "report.md"
-    tmp = root / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")
     log(f"wrote {path}, summary.csv, results.csv, runs.csv and plots/")
     return path
 
@@ -450,25 +444,31 @@ def _tuning_section(
 
 
 def _head_to_head(rows: Sequence[dict[str, Any]], fam: str) -> list[str]:
-    """Each scheduler against each present baseline: strict / equal-or-better win rates."""
+    """Each scheduler against each present baseline: win rates, probability of improvement."""
     groups = _aligned(_by(rows, fam))
     finals = {k: _col(g, "final_loss") for k, g in groups.items()}
     eq, strict = win_rates(finals)
     bases = [b for b in BASELINES if b in finals]
     if not bases:
         return []
+    pairs = [(k, b) for k in finals for b in bases if k != b]
+    poi = probability_of_improvement(finals, _instances(groups), pairs)
     out = [
         "",
         "### Head to head (final loss)",
         "",
-        "Cell: strict win rate / equal-or-better rate of the row against the column.",
+        "Cell: strict win rate / equal-or-better rate / probability of improvement of the row "
+        "against the column. The probability of improvement (rliable) is the chance that the "
+        "row ends lower than the column on an instance (over pairs of seeds, ties counting "
+        "half), averaged over instances; 0.5 is a draw.",
         "",
         "| scheduler | " + " | ".join(f"vs {b}" for b in bases) + " |",
         "|---|" + "---|" * len(bases),
     ]
     for k in finals:
         cells = [
-            "–" if k == b else f"{_pct(strict[k][b])} / {_pct(eq[k][b])}" for b in bases
+            "–" if k == b else f"{_pct(strict[k][b])} / {_pct(eq[k][b])} / {poi[k][b]:.2f}"
+            for b in bases
         ]
         out.append(f"| {k} | " + " | ".join(cells) + " |")
     return out

@@ -1,77 +1,41 @@
 """Does scheduling matter on a task family? Tuned constant LR vs tuned cosine decay.
 
-Both baselines get their (peak) LR tuned on ``train`` instances by the comparison's protocol
-(:mod:`metasched.distill.tuning`: lowest mean log final loss, a diverged run scoring ten
-times its initial loss) and are then run on ``val`` instances (``split=`` picks another; the
-``metasched check`` command stays on ``train``/``val``, so it never touches ``test``).
-If the tuned cosine does not beat the tuned constant, "always take the maximum safe LR" is
-close to optimal and the control problem teaches an agent nothing.
+Both baselines are tuned exactly as ``metasched compare`` tunes them (:func:`compare.tune
+<metasched.distill.compare.tune>`, the protocol of :mod:`metasched.distill.tuning`): every
+grid point is a multiple of each instance's reference LR, runs on the same ``train``
+instances with the comparison's seeds, and the lowest mean log final loss wins (a diverged
+run scoring ten times its initial loss). The picks then run on ``val`` instances (``split=``
+picks another; the ``metasched check`` command stays on ``train``/``val``, so it never
+touches ``test``). If the tuned cosine does not beat the tuned constant, "always take the
+maximum safe LR" is close to optimal and the control problem teaches an agent nothing.
 """
 
 from __future__ import annotations
 
-import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from metasched.distill.tuning import log_score, tune_curve
-from metasched.inner_tasks.base import InnerTask, TaskFamily, check_split
-from metasched.loop import DEFAULT_KAPPA, ClipMode
-from metasched.schedulers import make_scheduler, run_schedule
+from metasched.distill.compare import (
+    DEFAULT_GRID,
+    CompareSpec,
+    SchedulerSpec,
+    evaluation_cells,
+    run_cells,
+    tune,
+)
+from metasched.distill.results import final_loss
+from metasched.errors import ConfigError
+from metasched.inner_tasks.base import check_split
+from metasched.loop import DEFAULT_CLIP, DEFAULT_KAPPA
 
-__all__ = ["SchedulingCheck", "constant_vs_cosine", "run_open_loop"]
+__all__ = ["SchedulingCheck", "constant_vs_cosine"]
 
-DEFAULT_GRID: tuple[float, ...] = tuple(float(x) for x in np.geomspace(0.05, 20.0, 14))
-
-
-def run_open_loop(
-    task: InnerTask,
-    schedule: str,
-    peak_lr: float,
-    *,
-    budget: int,
-    interval: int,
-    seed: int,
-    clip: ClipMode = "deterministic",
-    kappa: float = DEFAULT_KAPPA,
-) -> float:
-    """Train ``task`` with a ``constant`` or ``cosine`` schedule; return the final full loss.
-
-    The LR is set once per decision interval (as an agent would); divergence returns ``inf``.
-    """
-    return _run(task, schedule, peak_lr, budget=budget, interval=interval, seed=seed,
-                clip=clip, kappa=kappa)[0]  # fmt: skip
-
-
-def _run(
-    task: InnerTask,
-    schedule: str,
-    peak_lr: float,
-    *,
-    budget: int,
-    interval: int,
-    seed: int,
-    clip: ClipMode,
-    kappa: float,
-) -> tuple[float, float]:
-    """Return ``(final loss, protocol score)`` of one open-loop run."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    trace = run_schedule(
-        task,
-        make_scheduler(schedule),
-        budget=budget,
-        interval=interval,
-        seed=seed,
-        base_lr=peak_lr,
-        clip=clip,
-        kappa=kappa,
-        record_eval=True,
-    )
-    first = next((x for x in trace.columns["val_loss"] if math.isfinite(x)), None)
-    return trace.final_loss, log_score(trace.final_loss, first, trace.diverged)
+#: The two tuned baselines of the check.
+LABELS: tuple[str, ...] = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -79,17 +43,19 @@ class SchedulingCheck:
     """Outcome of :func:`constant_vs_cosine`.
 
     Attributes:
-        grid: the (peak) LRs tried.
-        train_mean_log: mean log final train loss of every grid LR, per schedule.
-        tuned_lr: the protocol's pick per schedule.
+        family: the task family.
+        grid: the LR multiples tried (of each instance's reference LR).
+        train_mean_log: mean log final loss on ``train`` of every grid point, per schedule.
+        tuned_multiple: the protocol's pick per schedule.
         flat: whether that pick sits in a flat region (see :mod:`metasched.distill.tuning`).
         split: the split the tuned schedules were then run on.
         eval_final: their final losses there, per instance.
     """
 
+    family: str
     grid: tuple[float, ...]
     train_mean_log: dict[str, tuple[float, ...]]
-    tuned_lr: dict[str, float]
+    tuned_multiple: dict[str, float]
     flat: dict[str, bool]
     split: str
     eval_final: dict[str, tuple[float, ...]]
@@ -108,14 +74,16 @@ class SchedulingCheck:
     def table(self) -> str:
         """Markdown summary."""
         med = self.eval_median
-        flat = {k: " (flat)" if v else "" for k, v in self.flat.items()}
+        rows = [
+            f"| {k} | {self.tuned_multiple[k]:.3g}{' (flat)' if self.flat[k] else ''} | "
+            f"{med[k]:.4g} |"
+            for k in LABELS
+        ]
         return "\n".join(
             [
-                f"| schedule | tuned (peak) LR | median final {self.split} loss |",
+                f"| schedule | tuned (peak) LR, × reference LR | median final {self.split} loss |",
                 "|---|---|---|",
-                f"| constant | {self.tuned_lr['constant']:.3g}{flat['constant']} | "
-                f"{med['constant']:.4g} |",
-                f"| cosine | {self.tuned_lr['cosine']:.3g}{flat['cosine']} | {med['cosine']:.4g} |",
+                *rows,
                 "",
                 f"cosine lower on {self.cosine_win_rate:.0%} of "
                 f"{len(self.eval_final['cosine'])} {self.split} instances",
@@ -124,53 +92,71 @@ class SchedulingCheck:
 
 
 def constant_vs_cosine(
-    family: TaskFamily,
+    family: str,
     *,
+    family_seed: int = 0,
     n_train: int = 40,
     n_val: int = 20,
     split: str = "val",
-    budget: int = 2000,
-    interval: int = 50,
+    budget: int | None = None,
+    interval: int | None = None,
     grid: Sequence[float] = DEFAULT_GRID,
-    clip: ClipMode = "deterministic",
+    clip: str = DEFAULT_CLIP,
     kappa: float = DEFAULT_KAPPA,
+    jobs: int = 1,
 ) -> SchedulingCheck:
-    """Tune constant and cosine LRs on ``train`` instances; run the picks on ``split``.
+    """Tune constant and cosine LRs on ``train`` instances as ``compare`` does; run the picks.
 
     Args:
-        family: the task family.
-        n_train: ``train`` instances every grid LR runs on.
+        family: registered task family name.
+        family_seed: seed of the task family.
+        n_train: ``train`` instances every grid point runs on.
         n_val: instances of ``split`` the two tuned schedules run on.
         split: the evaluated split (``val``; ``test`` only for reported benchmark numbers).
-        budget: inner steps per run.
-        interval: inner steps per LR decision.
-        grid: the (peak) LRs tried.
+        budget: inner steps per run (default: the family's env budget, as in ``compare``).
+        interval: inner steps per LR decision (default: the family's env interval).
+        grid: the LR multiples tried, of each instance's reference LR (default: compare's).
         clip: stability-bound clipping mode.
         kappa: clipping factor.
+        jobs: worker processes.
 
     Returns:
         The :class:`SchedulingCheck`.
+
+    Raises:
+        ConfigError: a bad family, count, split or grid (naming the value).
     """
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
+    for name, value in (("n_train", n_train), ("n_val", n_val)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if check_split(split) == check_split("train"):
-        raise ValueError("split must not be 'train' (the tuning split)")
-    kw = {"budget": budget, "interval": interval, "clip": clip, "kappa": kappa}
-    train = [family.make("train", i) for i in range(n_train)]
-    evals = [family.make(split, i) for i in range(n_val)]
-    means: dict[str, tuple[float, ...]] = {}
-    tuned: dict[str, float] = {}
-    flat: dict[str, bool] = {}
-    finals: dict[str, tuple[float, ...]] = {}
-    for sched in ("constant", "cosine"):
-        scores = np.array(
-            [[_run(t, sched, lr, seed=i, **kw)[1] for i, t in enumerate(train)] for lr in grid]
-        )
-        curve = tune_curve(scores)
-        means[sched] = curve.mean
-        tuned[sched] = float(grid[curve.best])
-        flat[sched] = curve.in_flat_region
-        finals[sched] = tuple(
-            _run(t, sched, tuned[sched], seed=1000 + i, **kw)[0] for i, t in enumerate(evals)
-        )
-    return SchedulingCheck(tuple(grid), means, tuned, flat, split, finals)
+        raise ConfigError("split must not be 'train' (the tuning split)")
+    spec = CompareSpec(
+        families=(family,),
+        split=split,
+        n_instances=n_val,
+        budget=budget,
+        interval=interval,
+        family_seed=family_seed,
+        tune_instances=n_train,
+        grid=tuple(float(g) for g in grid),
+        clip=clip,
+        kappa=kappa,
+    )
+    with tempfile.TemporaryDirectory(prefix="metasched-check-") as tmp:
+        tuning = tune(spec, LABELS, Path(tmp), jobs=jobs)
+        cells = evaluation_cells(spec, [SchedulerSpec(lb, lb) for lb in LABELS], tuning)
+        results = run_cells(cells, Path(tmp), jobs=jobs)
+    picks = {lb: tuning[f"{family}/{lb}"] for lb in LABELS}
+    return SchedulingCheck(
+        family=family,
+        grid=spec.grid,
+        train_mean_log={lb: tuple(t["mean"]) for lb, t in picks.items()},
+        tuned_multiple={lb: float(t["multiple"]) for lb, t in picks.items()},
+        flat={lb: bool(t["in_flat_region"]) for lb, t in picks.items()},
+        split=split,
+        eval_final={
+            lb: tuple(final_loss(r) for r in results if r["cell"]["label"] == lb)
+            for lb in LABELS
+        },
+    )

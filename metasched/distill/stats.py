@@ -4,12 +4,23 @@ A *run* is one scheduler on one task instance with one seed. Its metrics come fr
 :class:`~metasched.schedulers.runner.Trace`; the aggregates compare schedulers over the
 same set of (instance, seed) *problems*:
 
-* **median** and **IQM** (interquartile mean, the 25%-trimmed mean) of a metric, each with a
-  bootstrap 95% confidence interval (``scipy.stats.bootstrap``, percentile method, seeded);
+* **median** and **IQM** (interquartile mean, the 25%-trimmed mean: ``rliable``'s
+  ``aggregate_iqm``) of a metric, each with a bootstrap 95% confidence interval over problems
+  (``scipy.stats.bootstrap``, percentile method, seeded);
 * **win rates**: ``W[a][b]`` = fraction of problems where ``a``'s final loss is equal or
   better than ``b``'s, and the *strict* rate, better by more than a relative margin (0.5%);
+* **probability of improvement** (``rliable``, Agarwal et al. 2021): ``P[a][b]`` = the
+  probability that ``a``'s final loss on an instance is lower than ``b``'s (over pairs of its
+  seeds, ties counting half), averaged over instances;
 * **performance profiles** (Dolan & Moré): for each scheduler, the fraction of problems on
   which its final loss is within a factor ``tau`` of the best scheduler's on that problem.
+
+What ``rliable`` does not give is written here: the paired strict win rates and the
+Dolan–Moré profile (rliable's profiles are score distributions, a fraction of runs above a
+threshold, with no per-problem best). Its stratified bootstrap is not used: it resamples runs
+within each task (here one seed per instance would give no spread at all), draws from
+NumPy's global random state, and its module needs ``arch``, which does not import with
+pandas 3; the CIs resample problems with ``scipy.stats.bootstrap`` from a seeded generator.
 
 Diverged runs have final loss ``inf``: they lose every comparison and count as failures in
 the profiles. Medians and IQMs treat them as ``inf`` too (an IQM with more than a quarter of
@@ -21,8 +32,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+from rliable import metrics as rly
 from scipy import stats as sps
 
 __all__ = [
@@ -34,6 +47,7 @@ __all__ = [
     "iqm",
     "loss_at_compute",
     "performance_profile",
+    "probability_of_improvement",
     "run_metrics",
     "steps_to_target",
     "win_rates",
@@ -44,17 +58,15 @@ STRICT_MARGIN = 0.005
 
 
 def iqm(values: Sequence[float]) -> float:
-    """Interquartile mean: the mean of the middle 50% (``scipy.stats.trim_mean(x, 0.25)``)."""
+    """Interquartile mean: the mean of the middle 50% (``rliable.metrics.aggregate_iqm``).
+
+    Infinities (diverged runs) sort to the top: trimmed while they are at most a quarter of
+    the values, else the IQM is ``inf``.
+    """
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return math.nan
-    if np.isinf(x).any():
-        # trim_mean sorts, so infinities sit in the top quarter unless there are too many
-        x = np.sort(x)
-        k = math.floor(0.25 * x.size)
-        mid = x[k : x.size - k]
-        return math.inf if np.isinf(mid).any() else float(mid.mean())
-    return float(sps.trim_mean(x, 0.25))
+    return float(rly.aggregate_iqm(x))
 
 
 def auc_log_loss(steps: Sequence[float], losses: Sequence[float], budget: int) -> float:
@@ -233,6 +245,46 @@ def win_rates(
             eq[a][b] = float(np.mean(ge)) if x.size else math.nan
             strict[a][b] = float(np.mean(st & ~both_inf)) if x.size else math.nan
     return eq, strict
+
+
+def probability_of_improvement(
+    finals: Mapping[str, Sequence[float]],
+    instances: Sequence[Any],
+    pairs: Iterable[tuple[str, str]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Rliable's probability of improvement between schedulers, on final loss (lower wins).
+
+    Args:
+        finals: final losses per scheduler, aligned by problem.
+        instances: the instance of each problem; the problems of one instance (its seeds)
+            are one rliable *task*, each of them a *run*.
+        pairs: the ``(a, b)`` pairs wanted (default: every ordered pair).
+
+    Returns:
+        ``P[a][b]``: for each instance, the probability that a random seed of ``a`` ends lower
+        than a random seed of ``b`` (Mann–Whitney U over the seed pairs, ties counting half),
+        averaged over instances. ``P[a][b] + P[b][a] = 1``; two diverged runs tie.
+    """
+    arrs = {k: np.asarray(v, dtype=float) for k, v in finals.items()}
+    inst = list(instances)
+    for k, a in arrs.items():
+        if a.size != len(inst):
+            raise ValueError(
+                f"probability_of_improvement needs aligned results: {k!r} has {a.size} "
+                f"problems, instances has {len(inst)}"
+            )
+    groups = [np.array([i == u for i in inst]) for u in dict.fromkeys(inst)]
+    if pairs is None:
+        pairs = [(a, b) for a in arrs for b in arrs]
+    out: dict[str, dict[str, float]] = {}
+    for a, b in pairs:
+        if not groups:
+            out.setdefault(a, {})[b] = math.nan
+            continue
+        # rliable scores are "higher is better" with shape (runs, tasks): one task at a time
+        p = [rly.probability_of_improvement(-arrs[a][g, None], -arrs[b][g, None]) for g in groups]
+        out.setdefault(a, {})[b] = float(np.mean(p))
+    return out
 
 
 def performance_profile(

@@ -11,8 +11,8 @@ Speed comes from three things (see :mod:`metasched.inner_tasks.nmf_batched`):
 * **bucketing** (default): the inner problems are grouped by shape class (minibatch size x
   range of ``n``), each class padded only to its own box instead of the family's largest
   shape;
-* the **fast kernel** (default): the same projected-SGD step in about half the tensor
-  operations (``kernel="exact"`` keeps the step-for-step reference arithmetic);
+* the **step kernel**: the single task's projected-SGD step in few tensor operations, with
+  divergence found after each call;
 * **several processes** (``n_processes``): the MDP logic of all sub-envs stays in the
   calling process (vectorised over B), while the inner problems are spread over this
   process and ``n_processes - 1`` worker processes that train their share in parallel
@@ -45,7 +45,6 @@ from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
 from metasched.inner_tasks import NMFFamily
 from metasched.inner_tasks.nmf import NMFConfig
 from metasched.inner_tasks.nmf_batched import (
-    KERNELS,
     RNG_MODES,
     BatchedNMF,
     BucketedNMF,
@@ -79,7 +78,6 @@ FROZEN_SETTINGS = (
     "split",
     "action_mode",
     "divergence_factor",
-    "kernel",
     "bucketing",
     "n_processes",
 )
@@ -138,7 +136,6 @@ class _Host:
         engine = {
             "dtype": cfg["dtype"],
             "divergence_factor": float(cfg["divergence_factor"]),
-            "kernel": cfg["kernel"],
             "rng": cfg["rng"],
             # the shared streams of each process: a fixed function of the env seed and the host
             "rng_seed": int(
@@ -269,9 +266,6 @@ class BatchedNMFVecEnv(VecEnv):
         clip: ``"deterministic"`` or ``"none"`` (the noise-aware bound is single-env only).
         seed: seed of the sub-envs' instance and initialisation streams.
         dtype: ``torch.float32`` (fast, default) or ``torch.float64``.
-        kernel: ``"fast"`` (default) or ``"exact"``: the inner step kernel (see
-            :mod:`metasched.inner_tasks.nmf_batched`); both follow the single env's random
-            streams, ``"exact"`` also its arithmetic, entry for entry.
         bucketing: group the inner problems by shape class (default) instead of padding all
             of them to the family's largest shape.
         n_processes: processes that train the inner problems: this one plus
@@ -308,7 +302,6 @@ class BatchedNMFVecEnv(VecEnv):
         family_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
-        kernel: str = "fast",
         bucketing: bool = True,
         n_processes: int | str = "auto",
         start_method: str | None = None,
@@ -328,8 +321,6 @@ class BatchedNMFVecEnv(VecEnv):
             "divergence_penalty": divergence_penalty,
         }
         lo, hi = _check_step_settings(step_settings, split, divergence_factor)
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if rng not in RNG_MODES:
@@ -349,7 +340,6 @@ class BatchedNMFVecEnv(VecEnv):
         self.reward_mode = reward
         self.divergence_penalty = float(divergence_penalty)
         self.divergence_factor = float(divergence_factor)
-        self.kernel = kernel
         self.bucketing = bool(bucketing)
         self.n_processes = procs
         self.tracker = FeatureTracker(num_envs)
@@ -382,7 +372,6 @@ class BatchedNMFVecEnv(VecEnv):
             "family_seed": family_seed,
             "family_kwargs": dict(family_kwargs or {}),
             "dtype": dtype,
-            "kernel": kernel,
             "bucketing": self.bucketing,
             "rng": rng,
             "seed": int(seed),

@@ -91,7 +91,6 @@ FROZEN = (
     "family_seed",
     "family_kwargs",
     "dtype",
-    "kernel",
     "n_processes",
 )
 
@@ -134,7 +133,6 @@ class _Core:
                 shape_classes(members["nmf"], self.split),
                 dtype=cfg["dtype"],
                 divergence_factor=cfg["divergence_factor"],
-                kernel=cfg["kernel"],
             )
         self.is_nmf = np.zeros(size, dtype=bool)
         self.tracker = FeatureTracker(size)
@@ -369,7 +367,6 @@ class BatchedTorchVecEnv(VecEnv):
         kappa: the clip factor; ``None`` (default): per kind of bound, :data:`BOUND_KAPPA`.
         seed: seed of the sub-envs' instance and initialisation streams.
         dtype: ``torch.float32`` (default) or ``torch.float64`` for the stacked problems.
-        kernel: NMF step kernel (``"fast"`` default, or ``"exact"``), for mixed NMF slots.
         n_processes: processes that step the sub-envs (contiguous shards, one torch thread
             per worker); 1 (default) keeps everything in this process. Results do not
             depend on it. Workers use ``start_method`` (default ``"forkserver"`` where
@@ -395,7 +392,6 @@ class BatchedTorchVecEnv(VecEnv):
         family_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
-        kernel: str = "fast",
         n_processes: int = 1,
         start_method: str | None = None,
     ) -> None:
@@ -449,7 +445,6 @@ class BatchedTorchVecEnv(VecEnv):
         self.divergence_factor = float(divergence_factor)
         self.family_seed = family_seed
         self.dtype = dtype
-        self.kernel = kernel
         self.n_processes = int(n_processes)
         cfg = {
             "family": family,
@@ -468,7 +463,6 @@ class BatchedTorchVecEnv(VecEnv):
             "divergence_factor": float(divergence_factor),
             "seed": int(seed),
             "dtype": dtype,
-            "kernel": kernel,
         }
         P = self.n_processes
         sizes = [num_envs // P + (k < num_envs % P) for k in range(P)]

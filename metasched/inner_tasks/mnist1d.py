@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from metasched.atomic import atomic_path, write_text
 from metasched.errors import MetaschedError, MissingDependencyError
 from metasched.inner_tasks.base import NETWORK_LR_RANGE, TaskFamily, check_split
 from metasched.inner_tasks.mlp import make_mlp
@@ -128,13 +129,11 @@ def _generate(overrides: dict[str, Any], path: Path) -> None:
             "the mnist1d task needs the 'mnist1d' package: pip install mnist1d "
             "(a dependency of metasched)"
         ) from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
     env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    try:
+    # atomic: concurrent workers never see a partial file
+    with atomic_path(path, suffix=".npz", parents=True) as tmp:
         proc = subprocess.run(
-            [sys.executable, "-c", _GENERATOR, json.dumps(overrides), tmp],
+            [sys.executable, "-c", _GENERATOR, json.dumps(overrides), str(tmp)],
             env=env,
             capture_output=True,
             text=True,
@@ -142,10 +141,6 @@ def _generate(overrides: dict[str, Any], path: Path) -> None:
         )
         if proc.returncode != 0:
             raise MetaschedError(f"generating MNIST-1D failed:\n{proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, path)  # atomic: concurrent workers never see a partial file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @functools.cache
@@ -173,9 +168,8 @@ def mnist1d_data(variant: str = "standard") -> dict[str, Any]:
         if meta_path.exists():
             recorded = json.loads(meta_path.read_text()).get("sha256")
         if recorded is None:
-            tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"variant": variant, "args": overrides, "sha256": digest}))
-            os.replace(tmp, meta_path)
+            meta = {"variant": variant, "args": overrides, "sha256": digest}
+            write_text(meta_path, json.dumps(meta))
             break
         if recorded == digest:
             break

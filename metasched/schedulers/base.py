@@ -22,7 +22,7 @@ import abc
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 from metasched.errors import ConfigError, UnknownNameError, did_you_mean
@@ -302,9 +302,3 @@ def scheduler_from_state(state: dict[str, Any]) -> Scheduler:
     sched = make_scheduler(state["scheduler"], **state.get("config", {}))
     sched.load_state_dict(state)
     return sched
-
-
-def scheduler_factory(name: str, **kwargs: Any) -> Callable[[], Scheduler]:
-    """Return a zero-argument factory of fresh, identically configured schedulers."""
-    make_scheduler(name, **kwargs)  # validate now, not at first use
-    return lambda: make_scheduler(name, **kwargs)

@@ -3,14 +3,15 @@
 Notation: ``t`` is the number of inner optimizer steps done so far, ``T`` the budget (total
 inner steps of the run) and ``b`` the base LR of the reference parameter group.
 
-Every schedule here comes in two forms that agree to rounding error (~1e-12 relative):
+Every schedule is written once, as its closed form ``lr(t, T, b)`` (:meth:`_value`), and
+used in two ways that therefore agree exactly:
 
-* :meth:`~_OpenLoopSchedule.lr_at` — the closed form ``lr(t, T, b)``, a pure function;
+* :meth:`~_OpenLoopSchedule.lr_at` — the closed form as a pure function;
 * the stepwise form driven through the :class:`~metasched.schedulers.base.Scheduler`
-  protocol — a small state machine with its own clock. ``reset(b)`` returns the LR at
-  ``t = 0`` (which never depends on the budget, since the budget is not known yet) and each
-  ``step(signal)`` advances the clock by ``signal.interval_steps``, reads the budget from
-  ``signal.budget`` and returns the LR of the interval that starts at the new clock position.
+  protocol, whose only state is a clock and the budget of the run. ``reset(b)`` returns the
+  LR at ``t = 0`` (which never depends on the budget, since the budget is not known yet) and
+  each ``step(signal)`` advances the clock by ``signal.interval_steps``, reads the budget from
+  ``signal.budget`` and returns the closed form at the new clock position.
 
 Configurations are budget-relative where that makes sense, so one configuration travels
 between tasks of different LR scales and budgets. Options that are lengths or positions
@@ -68,10 +69,6 @@ __all__ = [
 #: ``t = warmup``; a fixed factor keeps the first LR independent of the budget.
 WARMUP_START = 0.01
 
-# Below this log-scale an exponential decay is exactly 0.0 in float64 anyway; clamping keeps
-# the accumulated exponent finite (and thus the state JSON-safe) on absurdly long runs.
-_LOG_FLOOR = -1.0e4
-
 
 # -- validation helpers --------------------------------------------------------------------
 def _is_int(value: Any) -> bool:
@@ -126,25 +123,15 @@ def _check_factor(name: str, value: Any) -> float:
     return x
 
 
-def _neumaier_add(total: float, comp: float, x: float) -> tuple[float, float]:
-    """Add ``x`` to the compensated sum ``total + comp`` (Neumaier's variant of Kahan)."""
-    s = total + x
-    if abs(total) >= abs(x):
-        comp += (total - s) + x
-    else:
-        comp += (x - s) + total
-    return s, comp
-
-
 # -- shared machinery ----------------------------------------------------------------------
 class _OpenLoopSchedule(Scheduler):
     """Common protocol plumbing of the classic schedules (not registered itself).
 
-    Subclasses provide the closed form (:meth:`_value`), the budget-independent first LR
-    (:meth:`_lr0`), the state machine (:meth:`_start`, :meth:`_advance`,
-    :meth:`_machine_state`, :meth:`_load_machine`), the budget checks
+    Subclasses provide the closed form (:meth:`_value`), the budget checks
     (:meth:`_validate_budget`) and the lower bound as a fraction of ``b``
-    (:meth:`_floor_ratio`). This class keeps the clock ``t`` and the budget of the run.
+    (:meth:`_floor_ratio`). This class keeps the clock ``t`` and the budget of the run, the
+    whole state of the stepwise form (states written by older versions, which also held
+    per-schedule counters, load too: the extra keys are ignored).
     """
 
     open_loop = True
@@ -153,15 +140,13 @@ class _OpenLoopSchedule(Scheduler):
         super().__init__()
         self._t = 0
         self._budget: int | None = None
-        self._start()
 
     # -- public --------------------------------------------------------------------------
     def lr_at(self, step: int, budget: int, base_lr: float | None = None) -> float:
         """Return the LR after ``step`` inner steps of a run of ``budget`` steps.
 
         This is the closed form of the schedule: a pure function of its arguments, equal
-        (to rounding error) to what the stepwise form returns once its clock reaches
-        ``step``.
+        to what the stepwise form returns once its clock reaches ``step``.
 
         Args:
             step: inner steps done so far (``t >= 0``).
@@ -195,7 +180,6 @@ class _OpenLoopSchedule(Scheduler):
     def _reset(self, base_lr: float) -> float:
         self._t = 0
         self._budget = None
-        self._start()
         return self._clip(self._lr0(base_lr), base_lr)
 
     def _step(self, signal: TrainingSignal) -> float:
@@ -216,16 +200,15 @@ class _OpenLoopSchedule(Scheduler):
             )
         dt = _check_index("signal.interval_steps", signal.interval_steps, minimum=0)
         b = self.base_lrs[0]
-        t0, self._t = self._t, self._t + dt
-        return self._clip(self._advance(t0, self._t, T, b), b)
+        self._t += dt
+        return self._clip(self._value(self._t, T, b), b)
 
     def _get_state(self) -> dict[str, Any]:
-        return {"t": self._t, "budget": self._budget, **self._machine_state()}
+        return {"t": self._t, "budget": self._budget}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self._t = int(state["t"])
         self._budget = None if state["budget"] is None else int(state["budget"])
-        self._load_machine(state)
 
     def _clip(self, lr: float, b: float) -> float:
         lo, hi = self.bounds(b)
@@ -235,30 +218,25 @@ class _OpenLoopSchedule(Scheduler):
     def _validate_budget(self, budget: int) -> None:
         """Raise ValueError if the options do not fit ``budget``."""
 
-    def _start(self) -> None:
-        """Reset the state machine (the clock is reset by the caller)."""
+    def _lr0(self, b: float) -> float:
+        """LR at ``t = 0``, before the budget is known.
 
-    def _machine_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_machine(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`_machine_state`."""
+        The closed form at ``t = 0`` never depends on the budget; it is evaluated for a
+        one-step run. Schedules whose options may not fit one step override this.
+        """
+        return self._value(0, 1, b)
 
     @abc.abstractmethod
     def _floor_ratio(self) -> float:
         """Lowest LR of the schedule, as a fraction of ``b``."""
 
     @abc.abstractmethod
-    def _lr0(self, b: float) -> float:
-        """LR at ``t = 0`` (budget-independent; same value as the closed form)."""
-
-    @abc.abstractmethod
     def _value(self, t: int, budget: int, b: float) -> float:
-        """Return the closed form (before clipping to :meth:`bounds`)."""
+        """Return the closed form (before clipping to :meth:`bounds`).
 
-    @abc.abstractmethod
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        """Move the state machine from clock ``t0`` to ``t1``; return the LR at ``t1``."""
+        ``budget`` is 0 when the run length is unknown, which only schedules whose
+        :attr:`needs_budget` is False see (their options then resolve without it).
+        """
 
 
 # -- the schedules -------------------------------------------------------------------------
@@ -278,13 +256,7 @@ class ConstantSchedule(_OpenLoopSchedule):
     def _floor_ratio(self) -> float:
         return 1.0
 
-    def _lr0(self, b: float) -> float:
-        return b
-
     def _value(self, t: int, budget: int, b: float) -> float:
-        return b
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
         return b
 
 
@@ -294,7 +266,6 @@ class StepSchedule(_OpenLoopSchedule):
 
     The piecewise-constant schedule of classic image-classification training (e.g. He et
     al. 2016, "Deep Residual Learning for Image Recognition": divide by 10 at fixed points).
-    The state machine keeps a pointer to the next milestone.
 
     Args:
         milestones: where the LR drops, each a fraction of the budget in (0, 1) or an int
@@ -342,25 +313,10 @@ class StepSchedule(_OpenLoopSchedule):
         return self._gamma ** len(self._milestones)
 
     def _lr0(self, b: float) -> float:
-        return b * self._gamma**0  # every milestone resolves to a step >= 1
+        return b  # every milestone resolves to a step >= 1
 
     def _value(self, t: int, budget: int, b: float) -> float:
         return b * self._gamma ** bisect_right(self._resolved(budget), t)
-
-    def _start(self) -> None:
-        self._passed = 0
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        ms = self._resolved(budget)
-        while self._passed < len(ms) and ms[self._passed] <= t1:
-            self._passed += 1
-        return b * self._gamma**self._passed
-
-    def _machine_state(self) -> dict[str, Any]:
-        return {"passed": self._passed}
-
-    def _load_machine(self, state: dict[str, Any]) -> None:
-        self._passed = int(state["passed"])
 
 
 @register
@@ -370,9 +326,7 @@ class ExponentialSchedule(_OpenLoopSchedule):
     By default ``lr = b * final_ratio**(min(t, T) / T)``: the LR falls geometrically from
     ``b`` to ``b * final_ratio`` at the end of the budget and stays there. With ``gamma``
     given instead, ``lr = b * gamma**t`` (the per-step decay of torch's ``ExponentialLR``;
-    it keeps decaying past the budget). The state machine multiplies the LR by the per-step
-    ratio to the power of each interval's length; it does so in log space with a
-    compensated sum, so that long runs of short intervals do not accumulate rounding error.
+    it keeps decaying past the budget).
 
     Args:
         final_ratio: ``lr(T) / b``, ``0 < final_ratio <= 1``; 0.01 when ``gamma`` is not
@@ -403,40 +357,11 @@ class ExponentialSchedule(_OpenLoopSchedule):
     def _floor_ratio(self) -> float:
         return 0.0 if self._final is None else self._final
 
-    def _lr0(self, b: float) -> float:
-        return b * 1.0
-
     def _value(self, t: int, budget: int, b: float) -> float:
         if self._final is None:
             assert self._gamma is not None
             return b * self._gamma**t
         return b * self._final ** (min(t, budget) / budget)
-
-    def _start(self) -> None:
-        self._log = 0.0  # log(lr / b), as the compensated sum _log + _comp
-        self._comp = 0.0
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        if self._final is None:
-            assert self._gamma is not None
-            steps, log_ratio = t1 - t0, math.log(self._gamma)
-        else:
-            steps = min(t1, budget) - min(t0, budget)
-            log_ratio = math.log(self._final) / budget
-        if steps and log_ratio:
-            self._log, self._comp = _neumaier_add(self._log, self._comp, steps * log_ratio)
-            if self._log < _LOG_FLOOR:
-                self._log, self._comp = _LOG_FLOOR, 0.0
-        if self._final is not None and t1 >= budget:
-            return b * self._final  # the end of the decay, exactly
-        return b * math.exp(self._log + self._comp)
-
-    def _machine_state(self) -> dict[str, Any]:
-        return {"log_scale": self._log, "log_comp": self._comp}
-
-    def _load_machine(self, state: dict[str, Any]) -> None:
-        self._log = float(state["log_scale"])
-        self._comp = float(state["log_comp"])
 
 
 class _WarmupDecay(_OpenLoopSchedule):
@@ -444,8 +369,7 @@ class _WarmupDecay(_OpenLoopSchedule):
 
     For ``t < w`` (``w`` the resolved warmup), ``lr = b * (0.01 + 0.99 * t / w)``; from
     ``t = w`` to ``T`` the subclass's decay shape ``b * _decay(s)`` with
-    ``s = (t - w) / (T - w)``, and ``b * _decay(1)`` after ``T``. The stepwise form evaluates
-    the same expressions at its clock.
+    ``s = (t - w) / (T - w)``, and ``b * _decay(1)`` after ``T``.
     """
 
     needs_budget = True
@@ -488,9 +412,6 @@ class _WarmupDecay(_OpenLoopSchedule):
         if t < w:
             return b * (WARMUP_START + (1.0 - WARMUP_START) * t / w)
         return b * self._decay(min(1.0, (t - w) / (budget - w)))
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        return self._value(t1, budget, b)
 
 
 @register
@@ -644,8 +565,7 @@ class CyclicSchedule(_OpenLoopSchedule):
     With ``c`` the index of the cycle and ``p`` the position in it,
     ``lr = b_lo + A_c * (p / h if p <= h else (2 h - p) / h)`` where the amplitude
     ``A_c = b - b_lo`` ("triangular") or ``(b - b_lo) / 2**c`` ("triangular2", halved every
-    full cycle). The schedule keeps cycling past the budget; the state machine keeps ``c``
-    and ``p``.
+    full cycle). The schedule keeps cycling past the budget.
 
     Args:
         min_ratio: ``b_lo / b``, ``0 < min_ratio < 1``. Default 0.1.
@@ -674,39 +594,14 @@ class CyclicSchedule(_OpenLoopSchedule):
     def _floor_ratio(self) -> float:
         return self._min
 
-    def _shape(self, cycle: int, pos: int, half: int, b: float) -> float:
+    def _value(self, t: int, budget: int, b: float) -> float:
+        half = _resolve(self._half, budget)
+        cycle, pos = divmod(t, 2 * half)
         rise = pos / half if pos <= half else (2 * half - pos) / half
         amplitude = 1.0 - self._min
         if self._mode == "triangular2":
             amplitude *= 0.5**cycle
         return b * (self._min + amplitude * rise)
-
-    def _lr0(self, b: float) -> float:
-        return self._shape(0, 0, 1, b)
-
-    def _value(self, t: int, budget: int, b: float) -> float:
-        half = _resolve(self._half, budget)
-        cycle, pos = divmod(t, 2 * half)
-        return self._shape(cycle, pos, half, b)
-
-    def _start(self) -> None:
-        self._cycle = 0
-        self._pos = 0
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        half = _resolve(self._half, budget)
-        self._pos += t1 - t0
-        if self._pos >= 2 * half:
-            self._cycle += self._pos // (2 * half)
-            self._pos %= 2 * half
-        return self._shape(self._cycle, self._pos, half, b)
-
-    def _machine_state(self) -> dict[str, Any]:
-        return {"cycle": self._cycle, "pos": self._pos}
-
-    def _load_machine(self, state: dict[str, Any]) -> None:
-        self._cycle = int(state["cycle"])
-        self._pos = int(state["pos"])
 
 
 @register
@@ -719,8 +614,7 @@ class SGDRSchedule(_OpenLoopSchedule):
     it, at position ``p``, ``lr = b_min + (b_i - b_min) * (1 + cos(pi * p / T_i)) / 2`` with
     the floor ``b_min = b * min_ratio`` (not decayed; once the decayed peak would fall below
     it, the LR stays at the floor). The LR jumps back to the peak at the start of each
-    cycle and the schedule keeps cycling past the budget. The state machine keeps the cycle
-    index, the position in the cycle and the cycle length.
+    cycle and the schedule keeps cycling past the budget.
 
     Args:
         first_cycle: ``T_0``, a fraction of the budget in (0, 1) or an int number of steps.
@@ -754,13 +648,6 @@ class SGDRSchedule(_OpenLoopSchedule):
     def _floor_ratio(self) -> float:
         return self._min
 
-    def _shape(self, cycle: int, pos: int, length: int, b: float) -> float:
-        top = max(self._decay**cycle, self._min)
-        return b * (self._min + (top - self._min) * 0.5 * (1.0 + math.cos(math.pi * pos / length)))
-
-    def _lr0(self, b: float) -> float:
-        return self._shape(0, 0, 1, b)
-
     def _locate(self, t: int, budget: int) -> tuple[int, int, int]:
         """Return ``(cycle, position in it, its length)`` at step ``t``."""
         first, k = _resolve(self._first, budget), self._mult
@@ -779,34 +666,9 @@ class SGDRSchedule(_OpenLoopSchedule):
         return cycle, t - start(cycle), first * k**cycle
 
     def _value(self, t: int, budget: int, b: float) -> float:
-        return self._shape(*self._locate(t, budget), b)
-
-    def _start(self) -> None:
-        self._cycle = 0
-        self._pos = 0
-        self._length: int | None = None  # known once the budget is
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        if self._length is None:
-            self._length = _resolve(self._first, budget)
-        self._pos += t1 - t0
-        if self._mult == 1:
-            self._cycle += self._pos // self._length
-            self._pos %= self._length
-        else:
-            while self._pos >= self._length:
-                self._pos -= self._length
-                self._cycle += 1
-                self._length *= self._mult
-        return self._shape(self._cycle, self._pos, self._length, b)
-
-    def _machine_state(self) -> dict[str, Any]:
-        return {"cycle": self._cycle, "pos": self._pos, "length": self._length}
-
-    def _load_machine(self, state: dict[str, Any]) -> None:
-        self._cycle = int(state["cycle"])
-        self._pos = int(state["pos"])
-        self._length = None if state["length"] is None else int(state["length"])
+        cycle, pos, length = self._locate(t, budget)
+        top = max(self._decay**cycle, self._min)
+        return b * (self._min + (top - self._min) * 0.5 * (1.0 + math.cos(math.pi * pos / length)))
 
 
 @register
@@ -821,7 +683,7 @@ class OneCycleSchedule(_OpenLoopSchedule):
     (``end + (start - end) * (1 + cos(pi * x)) / 2``) or linear, with ``x`` the progress
     through the phase. Unlike torch, whose phases end one step early
     (``pct_start * total_steps - 1`` and ``total_steps - 1``), the peak is at ``s`` and the
-    end at ``T`` exactly. The state machine keeps the phase.
+    end at ``T`` exactly.
 
     Args:
         pct_start: ``s / T``, ``0 < pct_start < 1``. Default 0.3.
@@ -861,35 +723,10 @@ class OneCycleSchedule(_OpenLoopSchedule):
             return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * x))
         return end + (start - end) * (1.0 - x)
 
-    def _phase_of(self, t: int, budget: int) -> int:
-        return 0 if t <= self._pct * budget else (1 if t < budget else 2)
-
-    def _in_phase(self, phase: int, t: int, budget: int, b: float) -> float:
+    def _value(self, t: int, budget: int, b: float) -> float:
         s = self._pct * budget
-        if phase == 0:
+        if t <= s:
             return self._curve(b / self._div, b, t / s)
-        if phase == 1:
+        if t < budget:
             return self._curve(b, b / (self._div * self._final_div), (t - s) / (budget - s))
         return b / (self._div * self._final_div)
-
-    def _lr0(self, b: float) -> float:
-        return self._curve(b / self._div, b, 0.0)
-
-    def _value(self, t: int, budget: int, b: float) -> float:
-        return self._in_phase(self._phase_of(t, budget), t, budget, b)
-
-    def _start(self) -> None:
-        self._phase = 0
-
-    def _advance(self, t0: int, t1: int, budget: int, b: float) -> float:
-        if self._phase == 0 and t1 > self._pct * budget:
-            self._phase = 1
-        if self._phase == 1 and t1 >= budget:
-            self._phase = 2
-        return self._in_phase(self._phase, t1, budget, b)
-
-    def _machine_state(self) -> dict[str, Any]:
-        return {"phase": self._phase}
-
-    def _load_machine(self, state: dict[str, Any]) -> None:
-        self._phase = int(state["phase"])

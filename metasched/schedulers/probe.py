@@ -151,12 +151,6 @@ class ProbeScheduler(Scheduler):
         """Inner steps of the forks not continued plus the winner-choosing evaluations."""
         return self._extra_steps + round(self.eval_steps)
 
-    def bounds(self, base_lr: float) -> tuple[float, float]:
-        """L only moves by factors of 2 and stays within the optional limits."""
-        lo = 0.0 if self.min_lr is None else min(self.min_lr, base_lr)
-        hi = math.inf if self.max_lr is None else max(self.max_lr, base_lr)
-        return (lo, hi)
-
     # -- protocol --------------------------------------------------------------------------
     def _reset(self, base_lr: float) -> float:
         self._init_state()

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from metasched.actions import ACTION_MODES, DISCRETE_FACTORS
+from metasched.atomic import atomic_open
 from metasched.errors import ExportError
 from metasched.features import FEATURE_NAMES
 from metasched.schedulers.base import register
@@ -154,10 +155,7 @@ def write_rules(
         "source": source,
     }
     doc["checksum"] = rules_checksum(doc)
-    where = os.fspath(path)
-    tmp = f"{where}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         json.dump(doc, fh, indent=1, allow_nan=False)
-    os.replace(tmp, where)
     return doc["checksum"]
 

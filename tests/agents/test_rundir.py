@@ -9,7 +9,6 @@ import signal
 import pytest
 
 from metasched.agents.rundir import (
-    atomic_write_text,
     read_json,
     readable_dir,
     recover_replaced_dirs,
@@ -17,18 +16,19 @@ from metasched.agents.rundir import (
     write_dir_atomically,
     write_json,
 )
+from metasched.atomic import write_text
 
 
 def test_a_write_killed_before_its_rename_leaves_only_removable_temporaries(tmp_path, monkeypatch):
     ck = tmp_path / "checkpoints"
-    atomic_write_text(ck / "latest", "checkpoint_000000000512")
+    write_text(ck / "latest", "checkpoint_000000000512", parents=True)
 
     def killed(src, dst):  # the process dies between writing the temporary and renaming it
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", killed)
     try:
-        atomic_write_text(ck / "latest", "checkpoint_000000001024")
+        write_text(ck / "latest", "checkpoint_000000001024")
     except KeyboardInterrupt:
         pass
     monkeypatch.undo()

@@ -12,9 +12,9 @@ from metasched.distill.compare import (
     CompareSpec,
     compare,
     parse_scheduler,
-    read_results,
     split_schedulers,
 )
+from metasched.distill.results import read_results
 from metasched.errors import ConfigError, UnknownNameError
 
 SPEC = CompareSpec(n_instances=3, tune_instances=2, grid=(0.5, 1.0, 2.0), joint_grid=(1.0, 2.0),
@@ -110,6 +110,10 @@ def test_summary_matches_results_by_hand(done):
         assert float(summary[name]["median_final"]) == pytest.approx(np.median(list(fin.values())))
         strict = np.mean([fin[i] < const[i] * 0.995 for i in fin])
         assert float(summary[name]["strict_win_vs_constant"]) == pytest.approx(strict)
+        # one seed per instance: lower on an instance counts 1, a tie one half
+        poi = np.mean([(fin[i] < const[i]) + 0.5 * (fin[i] == const[i]) for i in fin])
+        assert float(summary[name]["prob_improvement_vs_constant"]) == pytest.approx(poi)
+    assert "probability of improvement" in (done / "report.md").read_text()
     # steps to target: the tuned constant reaches its own final loss within the budget
     for r in results:
         if r["scheduler"] == "constant":

@@ -68,3 +68,25 @@ def test_cli_compare_and_plot(tmp_path, capsys):
     (out / "report.md").unlink()
     assert main(["plot", str(out), "--instances", "1"]) == 0
     assert (out / "report.md").is_file() and (out / "plots" / "nmf-schedules-1.png").is_file()
+
+
+def test_background_tuning_matches_in_process_and_is_reused(tmp_path, monkeypatch):
+    """The demo tunes the baselines in a second process while training runs; compare reuses them."""
+    from metasched.distill import compare as cmp
+
+    spec = CompareSpec(n_instances=1, tune_instances=2, budget=100, interval=50, grid=(1.0, 2.0),
+                       joint_grid=(1.0,))  # fmt: skip
+    labels = ["constant", "cosine"]
+    proc = demo._start_tuning(spec, labels, tmp_path / "bg")
+    assert proc is not None
+    proc.join(timeout=120)
+    assert proc.exitcode == 0
+    expected = cmp.tune(spec, labels, tmp_path / "fg")
+
+    def no_new_runs(cell):
+        raise AssertionError(f"ran {cell} again")
+
+    monkeypatch.setattr(cmp, "run_cell", no_new_runs)
+    assert cmp.tune(spec, labels, tmp_path / "bg") == expected
+    (tmp_path / "bg" / "tuning.json").write_text("{}")
+    assert demo._start_tuning(spec, labels, tmp_path / "bg") is None  # already tuned

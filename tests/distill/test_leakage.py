@@ -75,6 +75,6 @@ def test_training_distillation_and_tuning_never_touch_test_or_shift(sealed, tmp_
     tuning = tune(spec, ["constant", "cosine", "greedy-tuned"], tmp_path / "cmp")
     assert set(tuning) == {"nmf/constant", "nmf/cosine", "nmf/greedy-tuned"}
 
-    check = constant_vs_cosine(make_family("nmf", 0), n_train=2, n_val=2, budget=100,
+    check = constant_vs_cosine("nmf", n_train=2, n_val=2, budget=100,
                                interval=50, grid=(1.0, 2.0))  # fmt: skip
     assert check.split == "val"

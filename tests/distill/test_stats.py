@@ -13,6 +13,7 @@ from metasched.distill.stats import (
     iqm,
     loss_at_compute,
     performance_profile,
+    probability_of_improvement,
     run_metrics,
     steps_to_target,
     win_rates,
@@ -96,3 +97,79 @@ def test_run_metrics_of_a_diverged_run():
     assert m.final_loss == m.best_loss == m.equal_compute_loss == math.inf
     assert m.steps_to_target == math.inf and m.diverged
     assert np.isinf(m.auc_log_loss)
+
+
+# -- issue 17, item 7: the statistics rliable computes agree with the hand-written ones -------
+def _iqm_by_hand(values):
+    """The hand-written IQM metasched used before rliable (the reference)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    k = math.floor(0.25 * x.size)
+    mid = x[k : x.size - k]
+    return math.inf if np.isinf(mid).any() else float(mid.mean())
+
+
+@given(
+    st.lists(st.floats(1e-4, 10.0), min_size=1, max_size=40),
+    st.integers(0, 12),
+)
+def test_rliable_iqm_equals_the_hand_written_one(xs, n_inf):
+    data = xs + [math.inf] * n_inf
+    assert iqm(data) == pytest.approx(_iqm_by_hand(data), rel=1e-12)
+
+
+# a fixed table; the numbers were computed by metasched's hand-written IQM before the switch
+X = [0.018327, 0.021266, 0.01597, 0.011734, 0.014591, 0.011155, 0.018875, 0.035797, 0.01432,
+     0.01343, 0.023399, 0.021894, 0.019307, 0.011502, 0.01805, 0.02593, 0.009353, 0.01457,
+     0.007079, 0.009612, 0.007293, 0.016284, 0.009719]  # fmt: skip
+
+
+def test_aggregate_reproduces_the_numbers_from_before_rliable():
+    a = aggregate(X, seed=3)
+    assert (a.n, a.median, a.iqm) == (23, 0.014591, pytest.approx(0.015239615384615386, abs=1e-15))
+    assert a.median_ci == (0.011734, 0.018875)
+    assert a.iqm_ci == pytest.approx((0.012690284615384616, 0.018234950000000003), abs=1e-15)
+    b = aggregate(X[:20] + [math.inf] * 3, seed=3)  # three diverged runs: resampled by hand
+    assert b.iqm == pytest.approx(0.017364076923076923, abs=1e-15)
+    assert b.iqm_ci == (pytest.approx(0.014244, abs=1e-15), math.inf)
+    assert b.median_ci == (0.01432, 0.021266)
+
+
+def test_probability_of_improvement_by_hand():
+    # one seed per instance: lower counts 1, equal one half (a diverged run loses)
+    p = probability_of_improvement({"a": A, "b": B}, [0, 1, 2, 3])
+    assert p["a"]["b"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert p["b"]["a"] == pytest.approx(1 - p["a"]["b"])
+    assert p["a"]["a"] == 0.5
+    # two seeds per instance: every pair of seeds counts, then the mean over instances
+    two = {"a": [1.0, 3.0, 5.0, 5.0], "b": [2.0, 2.0, 6.0, 6.0], "c": [2.0, 2.0, 5.0, 5.0]}
+    p = probability_of_improvement(two, [0, 0, 1, 1], pairs=[("a", "b"), ("a", "c")])
+    assert p["a"]["b"] == pytest.approx((2 / 4 + 4 / 4) / 2)
+    assert p["a"]["c"] == pytest.approx((2 / 4 + 0.5) / 2)  # identical seeds tie: one half
+    assert set(p) == {"a"} and set(p["a"]) == {"b", "c"}
+    inf = probability_of_improvement({"a": [math.inf], "b": [math.inf]}, [0])
+    assert inf["a"]["b"] == 0.5
+
+
+@given(
+    st.lists(st.tuples(st.floats(0.1, 5.0), st.floats(0.1, 5.0)), min_size=1, max_size=12),
+    st.integers(1, 3),
+)
+def test_probability_of_improvement_counts_seed_pairs(rows, seeds):
+    inst = [i // seeds for i in range(len(rows))]
+    a = [x for x, _ in rows]
+    b = [y for _, y in rows]
+    got = probability_of_improvement({"a": a, "b": b}, inst)["a"]["b"]
+    per = []
+    for u in sorted(set(inst)):
+        xa = [v for v, i in zip(a, inst, strict=True) if i == u]
+        xb = [v for v, i in zip(b, inst, strict=True) if i == u]
+        if xa == xb:
+            per.append(0.5)  # rliable: identical runs are a draw
+            continue
+        per.append(np.mean([(x < y) + 0.5 * (x == y) for x in xa for y in xb]))
+    assert got == pytest.approx(np.mean(per))
+
+
+def test_probability_of_improvement_needs_aligned_results():
+    with pytest.raises(ValueError, match="aligned"):
+        probability_of_improvement({"a": [1.0, 2.0]}, [0])

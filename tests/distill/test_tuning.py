@@ -19,6 +19,7 @@ from metasched.distill.tuning import (
     runs_to_match,
     tune_curve,
 )
+from metasched.schedulers.runner import TRACE_COLUMNS
 
 
 def test_log_score_and_the_divergence_penalty():
@@ -45,7 +46,7 @@ def _fake_results(final_of):
     def run(cell):
         final = final_of(cell.multiple, cell.kwargs, cell.index)
         div = not math.isfinite(final)
-        cols = {c: [None, None] for c in cmp.TRACE_COLUMNS}
+        cols = {c: [None, None] for c in TRACE_COLUMNS}
         cols["val_loss"] = [1.0, None if div else final]
         cols["step"] = [0, cell.budget]
         trace = {"task": f"t{cell.index}", "scheduler": cell.name, "budget": cell.budget,

@@ -15,9 +15,9 @@ from metasched.distill.compare import (
     CompareSpec,
     compare,
     parse_scheduler,
-    read_results,
     run_cells,
 )
+from metasched.distill.results import read_results
 from metasched.errors import ConfigError
 
 SPEC = CompareSpec(n_instances=2, tune_instances=1, grid=(0.5, 2.0), budget=100, interval=50)

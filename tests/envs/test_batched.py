@@ -45,17 +45,10 @@ def test_same_seed_same_rollout_and_seed_method():
 
 
 @pytest.mark.parametrize(
-    ("action", "kernel", "bucketing"),
-    [
-        ("discrete3", "exact", False),
-        ("absolute", "exact", False),
-        ("discrete3", "exact", True),
-        ("discrete3", "fast", True),
-        ("absolute", "fast", True),
-        ("absolute", "fast", False),
-    ],
+    ("action", "bucketing"),
+    [("discrete3", False), ("discrete3", True), ("absolute", True), ("absolute", False)],
 )
-def test_slot_matches_single_env(action, kernel, bucketing):
+def test_slot_matches_single_env(action, bucketing):
     """A float64 slot follows the single env's MDP: same observations and rewards."""
     seed, index = 7, 3
     single = LRControlEnv(split="test", action=action, **SMALL)
@@ -65,7 +58,6 @@ def test_slot_matches_single_env(action, kernel, bucketing):
         split="test",
         action=action,
         dtype=torch.float64,
-        kernel=kernel,
         bucketing=bucketing,
         **SMALL,
     )
@@ -113,8 +105,6 @@ def test_bad_arguments():
         BatchedNMFVecEnv(2, clip="noise_aware")
     with pytest.raises(ValueError, match="action"):
         BatchedNMFVecEnv(2, action="discrete9")
-    with pytest.raises(ValueError, match="kernel"):
-        BatchedNMFVecEnv(2, kernel="turbo")
     with pytest.raises(ValueError, match="n_processes"):
         BatchedNMFVecEnv(2, n_processes=3)
     with pytest.raises(ValueError, match="n_processes"):
@@ -200,11 +190,11 @@ def test_auto_processes():
         venv.close()
 
 
-def test_fast_bucketed_tracks_exact_unbucketed():
-    """The default fast, bucketed float32 env follows the reference arithmetic closely."""
+def test_float32_bucketed_tracks_float64_unbucketed():
+    """The default bucketed float32 env follows the float64 arithmetic closely."""
     fast, _ = rollout(steps=10)
-    exact, _ = rollout(steps=10, kernel="exact", bucketing=False, dtype=torch.float64)
-    np.testing.assert_allclose(fast, exact, rtol=1e-3, atol=1e-3)
+    ref, _ = rollout(steps=10, bucketing=False, dtype=torch.float64)
+    np.testing.assert_allclose(fast, ref, rtol=1e-3, atol=1e-3)
 
 
 def test_instances_come_from_the_split_pool():

@@ -54,8 +54,13 @@ class Float64Family(TaskFamily):
         return as_float64(task) if isinstance(task, ArrayClassificationTask) else task
 
 
-def slot_vs_single(family, index, action, family_kwargs=None, clip="deterministic", **extra):
-    """Step a float64 slot and the float64 single env side by side; compare everything."""
+def slot_vs_single(
+    family, index, action, family_kwargs=None, clip="deterministic", rel=1e-9, lr_rel=1e-12, **extra
+):
+    """Step a float64 slot and the float64 single env side by side; compare everything.
+
+    ``rel`` and ``lr_rel`` are the relative tolerances of the losses and of the applied LR.
+    """
     seed = 7
     single = LRControlEnv(
         family=Float64Family(family, **(family_kwargs or {})),
@@ -93,15 +98,15 @@ def slot_vs_single(family, index, action, family_kwargs=None, clip="deterministi
         o = infos[1]["terminal_observation"] if dones[1] else obs_b[1]
         np.testing.assert_allclose(o, obs_s, rtol=1e-6, atol=1e-6)
         assert r_b[1] == pytest.approx(r_s, rel=1e-6, abs=1e-6)
-        assert infos[1]["applied_lr"] == pytest.approx(info_s["applied_lr"], rel=1e-12)
-        assert infos[1]["train_loss"] == pytest.approx(info_s["train_loss"], rel=1e-9)
+        assert infos[1]["applied_lr"] == pytest.approx(info_s["applied_lr"], rel=lr_rel)
+        assert infos[1]["train_loss"] == pytest.approx(info_s["train_loss"], rel=rel)
         if info_s["val_loss"] is None:
             assert infos[1]["val_loss"] is None
         else:
-            assert infos[1]["val_loss"] == pytest.approx(info_s["val_loss"], rel=1e-9)
+            assert infos[1]["val_loss"] == pytest.approx(info_s["val_loss"], rel=rel)
         assert dones[1] == term
         if term:
-            assert infos[1]["final_loss"] == pytest.approx(info_s["final_loss"], rel=1e-9)
+            assert infos[1]["final_loss"] == pytest.approx(info_s["final_loss"], rel=rel)
             assert infos[1]["diverged"] == info_s["diverged"]
             break
     venv.close()
@@ -127,8 +132,10 @@ def test_mixed_slots_match_single_env_for_every_member():
         member = family.instance_config("test", index).family
         seen.setdefault(member, index)
     assert set(seen) == {"nmf", "mlp", "mnist1d"}
-    for index in seen.values():
-        slot_vs_single("mixed", index, "absolute", kernel="exact")
+    for member, index in seen.items():
+        # the batched NMF kernel agrees with the single NMF task to ~1e-7 relative
+        tol = {"rel": 1e-6, "lr_rel": 1e-6} if member == "nmf" else {}
+        slot_vs_single("mixed", index, "absolute", **tol)
     assert isinstance(family.instance_config("test", seen["nmf"]), MixedConfig)
 
 

@@ -14,19 +14,9 @@ SHAPES = [(30, 20, 3, 5, 0.7), (50, 15, 4, 8, 1.5), (25, 40, 5, 10, 0.0)]
 BOX = (50, 40, 5, 10)
 
 
-def tasks():
-    out = []
-    for i, (m, n, r, b, g) in enumerate(SHAPES):
-        cfg = NMFConfig(m=m, n=n, rank=r, noise=0.1, grad_noise=g, batch_size=b, seed=10 + i)
-        out.append(NMFTask(planted_matrix(cfg), r, batch_size=b, grad_noise=g))
-    return out
-
-
-def run(kernel, rng_seed=0, loaded=(0, 1, 2), n_slots=4, calls=3):
-    batch = BatchedNMF(
-        n_slots, BOX, dtype=torch.float64, kernel=kernel, rng="shared", rng_seed=rng_seed
-    )
-    ts = tasks()
+def run(ts, rng_seed=0, loaded=(0, 1, 2), n_slots=4, calls=3):
+    """Load ``ts[k]`` for ``k`` in ``loaded`` into a shared-RNG batch; train ``calls`` times."""
+    batch = BatchedNMF(n_slots, BOX, dtype=torch.float64, rng="shared", rng_seed=rng_seed)
     for k in loaded:
         batch.load(k, ts[k], np.random.default_rng(100 + k))
     lr = 0.5 * batch.lr_bound()
@@ -35,30 +25,28 @@ def run(kernel, rng_seed=0, loaded=(0, 1, 2), n_slots=4, calls=3):
     return batch, out
 
 
-@pytest.mark.parametrize("kernel", ["exact", "fast"])
-def test_shared_mode_is_deterministic_and_trains(kernel):
-    batch, out = run(kernel)
-    again, out2 = run(kernel)
+def test_shared_mode_is_deterministic_and_trains(planted_nmf):
+    batch, out = run(planted_nmf(SHAPES))
+    again, out2 = run(planted_nmf(SHAPES))
     for a, b in zip(out, out2, strict=True):
         np.testing.assert_array_equal(a.losses, b.losses)
-    _, other = run(kernel, rng_seed=1)
+    _, other = run(planted_nmf(SHAPES), rng_seed=1)
     assert not np.array_equal(out[0].losses[:3], other[0].losses[:3])
     first, last = out[0].losses[:3, 0], out[-1].losses[:3, -1]
     assert (last < 0.7 * first).all() and not out[-1].diverged.any()
     np.testing.assert_allclose(batch.evaluate([0, 1, 2]), again.evaluate([0, 1, 2]), rtol=0)
 
 
-@pytest.mark.parametrize("kernel", ["exact", "fast"])
-def test_a_slot_stream_does_not_depend_on_the_other_problems(kernel):
+def test_a_slot_stream_does_not_depend_on_the_other_problems(planted_nmf):
     """Slot 0 alone and slot 0 beside two other problems see the same draws."""
-    _, alone = run(kernel, loaded=(0,))
-    _, shared = run(kernel, loaded=(0, 1, 2))
+    _, alone = run(planted_nmf(SHAPES), loaded=(0,))
+    _, shared = run(planted_nmf(SHAPES), loaded=(0, 1, 2))
     for a, b in zip(alone, shared, strict=True):
         np.testing.assert_allclose(a.losses[0], b.losses[0], rtol=1e-12)
 
 
 def test_shared_mode_draws_are_the_single_task_rows_of_one_uniform_draw():
-    """With zero noise, the exact kernel in shared mode equals a task fed those rows."""
+    """With zero noise, shared mode equals per-slot draws fed those rows."""
     m, n, r, b = 30, 20, 3, 5
     cfg = NMFConfig(m=m, n=n, rank=r, noise=0.1, grad_noise=0.0, batch_size=b, seed=3)
     task = NMFTask(planted_matrix(cfg), r, batch_size=b, grad_noise=0.0)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from metasched.inner_tasks.costs import eval_cost
-from metasched.inner_tasks.nmf import NMFFamily
 from metasched.schedulers import AutoLRSScheduler, run_schedule
 from metasched.schedulers.autolrs import bo_minimize, fit_exponential, forecast_loss
 
@@ -91,8 +90,8 @@ def test_bo_is_deterministic_and_handles_infinite_values():
     assert 0.005 <= a[0] <= 0.02
 
 
-def test_stages_double_up_to_the_cap_and_trials_are_counted():
-    task = NMFFamily(seed=0).make("test", 0)
+def test_stages_double_up_to_the_cap_and_trials_are_counted(nmf_task):
+    task = nmf_task(0)
     s = AutoLRSScheduler(k=3, tau=100, tau_max=200)
     tr = run_schedule(task, s, budget=700, interval=50)
     assert [h["tau"] for h in s.history] == [100, 200, 200, 200]
@@ -123,8 +122,8 @@ def test_bad_arguments(kw):
         AutoLRSScheduler(**kw)
 
 
-def test_end_to_end_on_nmf_budget_2000():
-    task = NMFFamily(seed=0).make("test", 0)
+def test_end_to_end_on_nmf_budget_2000(nmf_task):
+    task = nmf_task(0)
     s = AutoLRSScheduler()
     tr = run_schedule(task, s, budget=2000, interval=50)
     assert not tr.diverged and tr.final_loss < 0.5 * tr["train_loss"][0]

@@ -8,8 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasched.inner_tasks.mlp import MLPConfig, MLPTask
-from metasched.inner_tasks.nmf import NMFFamily
 from metasched.schedulers import SCHEDULERS, Run, make_scheduler, scheduler_from_state
 from metasched.signal import TrainingSignal
 
@@ -163,15 +161,6 @@ def test_closed_form_equals_stepwise(name, cfg, intervals, base, extra):
 
 # -- every entry, end to end on a real task, through the runner ------------------------------
 
-FAMILY = NMFFamily(seed=3)
-
-
-def _task(name):
-    """NMF instance 0 of ``test``; a small MLP for entries that do not run on projected tasks."""
-    if getattr(SCHEDULERS[name], "runs_projected", True):
-        return FAMILY.make("test", 0)
-    return MLPTask(MLPConfig(width=16, depth=1))
-
 
 def _trace_equal(a, b):
     for col in ("step", "lr", "applied_lr", "train_loss", "val_loss", "inner_steps"):
@@ -180,19 +169,19 @@ def _trace_equal(a, b):
 
 
 @pytest.mark.parametrize(("name", "cfg"), CASES)
-def test_runner_resume_mid_run_from_json_state(name, cfg):
+def test_runner_resume_mid_run_from_json_state(name, cfg, nmf_task, tiny_mlp, resumed_run):
     """Swap in a fresh scheduler loaded from JSON mid-run: the run is unchanged."""
+
+    def task():  # a tiny MLP for entries that do not run on projected tasks
+        projected = getattr(SCHEDULERS[name], "runs_projected", True)
+        return nmf_task(0, seed=3) if projected else tiny_mlp()
+
     budget, interval = 400, 25
-    whole = Run(_task(name), make_scheduler(name, **cfg), budget=budget, interval=interval)
+    whole = Run(task(), make_scheduler(name, **cfg), budget=budget, interval=interval)
     whole.start(7)
     ref = whole.run()
     assert len(ref) == budget // interval + 1 and not ref.diverged
     assert np.all(np.isfinite(ref["lr"][1:])) and np.all(ref["lr"][1:] > 0)
 
-    part = Run(_task(name), make_scheduler(name, **cfg), budget=budget, interval=interval)
-    part.start(7)
-    for _ in range(7):
-        part.step()
-    blob = json.dumps(part.scheduler.state_dict(), allow_nan=False)
-    part.scheduler = scheduler_from_state(json.loads(blob))
-    _trace_equal(part.run(), ref)
+    part = Run(task(), make_scheduler(name, **cfg), budget=budget, interval=interval)
+    _trace_equal(resumed_run(part, seed=7, cut=7), ref)

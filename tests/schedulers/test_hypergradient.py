@@ -1,17 +1,15 @@
-import json
 import math
 
 import numpy as np
 import pytest
 
 from metasched.inner_tasks.base import InnerTask, StepStats
-from metasched.inner_tasks.nmf import NMFFamily, NMFTask
+from metasched.inner_tasks.nmf import NMFTask
 from metasched.loop import Driver
 from metasched.schedulers import (
     HypergradientScheduler,
     make_scheduler,
     run_schedule,
-    scheduler_from_state,
 )
 
 
@@ -92,10 +90,10 @@ def test_three_steps_match_hand_computation(granularity):
     assert s.lr == pytest.approx(s.mean_alpha())
 
 
-def test_beta_zero_is_plain_sgd_at_the_base_lr():
-    fam = NMFFamily(seed=0)
+def test_beta_zero_is_plain_sgd_at_the_base_lr(nmf_family):
     import dataclasses
 
+    fam = nmf_family
     cfg = dataclasses.replace(fam.instance_config("test", 1), grad_noise=0.0, batch_size=32)
     a = run_schedule(fam.make_task(cfg), make_scheduler("constant"), budget=200, interval=50)
     b = run_schedule(fam.make_task(cfg), HypergradientScheduler(beta=0.0), budget=200, interval=50)
@@ -103,8 +101,8 @@ def test_beta_zero_is_plain_sgd_at_the_base_lr():
     assert a.final_loss == b.final_loss
 
 
-def test_alpha_stays_within_floor_and_cap():
-    task = NMFFamily(seed=0).make("test", 0)
+def test_alpha_stays_within_floor_and_cap(nmf_task):
+    task = nmf_task(0)
     s = HypergradientScheduler(beta=1e4, granularity="param", min_ratio=0.1, max_ratio=2.0)
     tr = run_schedule(task, s, budget=300, interval=50, clip="none")
     base = tr["lr"][1]
@@ -113,14 +111,14 @@ def test_alpha_stays_within_floor_and_cap():
         assert np.all(a >= lo * (1 - 1e-12)) and np.all(a <= hi * (1 + 1e-12))
 
 
-def test_state_round_trip_keeps_arrays_exactly():
-    task = NMFFamily(seed=0).make("test", 2)
+def test_state_round_trip_keeps_arrays_exactly(nmf_task, json_round_trip):
+    task = nmf_task(2)
     s = HypergradientScheduler(beta=1.0, granularity="param")
     s.reset(0.2)
     drv = Driver(task, budget=200, interval=20)
     drv.start(np.random.default_rng(0))
     s.advance(drv)
-    t = scheduler_from_state(json.loads(json.dumps(s.state_dict(), allow_nan=False)))
+    t = json_round_trip(s)
     for a, b in zip(s.alpha, t.alpha, strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(s.prev_sens, t.prev_sens, strict=True):
@@ -161,8 +159,8 @@ def test_bad_arguments(kw):
 
 
 @pytest.mark.parametrize("granularity", ["global", "group", "param"])
-def test_end_to_end_on_nmf(granularity):
-    task = NMFFamily(seed=0).make("test", 0)
+def test_end_to_end_on_nmf(granularity, nmf_task):
+    task = nmf_task(0)
     tr = run_schedule(
         task, HypergradientScheduler(beta=0.1, granularity=granularity), budget=2000, interval=50
     )
@@ -171,13 +169,13 @@ def test_end_to_end_on_nmf(granularity):
     assert np.all(np.isfinite(tr["lr"][1:])) and np.all(tr["lr"][1:] > 0)
 
 
-def test_same_gradient_noise_as_constant_on_a_paired_problem():
+def test_same_gradient_noise_as_constant_on_a_paired_problem(nmf_family):
     """With the default gradient noise, HD at β = 0 is ``constant`` bit for bit.
 
     The noise of an interval is drawn in one block by ``train`` and by the gradient
     interface alike (``plan_steps``), so HD sees the stream every other scheduler sees.
     """
-    fam = NMFFamily(seed=0)
+    fam = nmf_family
     cfg = fam.instance_config("test", 1)
     assert cfg.grad_noise > 0 and cfg.batch_size in (16, 32, 64)
     a = run_schedule(fam.make_task(cfg), make_scheduler("constant"), budget=300, interval=50)

@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 
@@ -7,7 +5,7 @@ from metasched.inner_tasks.costs import eval_cost
 from metasched.inner_tasks.gradients import HyperparameterTask
 from metasched.inner_tasks.nmf import NMFFamily, NMFTask, planted_matrix
 from metasched.loop import Driver
-from metasched.schedulers import PBTScheduler, Run, run_schedule, scheduler_from_state
+from metasched.schedulers import PBTScheduler, Run, run_schedule
 
 FAMILY = NMFFamily(seed=0)
 
@@ -112,23 +110,15 @@ def test_main_line_is_the_best_member():
     assert run.trace.final_loss == min(m["score"] for m in run.scheduler.members)
 
 
-def test_ttest_exploit_runs_and_state_resumes_from_json():
-    task = FAMILY.make("test", 0)
-    ref = Run(task, PBTScheduler(population=4, ready=2, exploit="ttest"), budget=300, interval=25)
+def test_ttest_exploit_runs_and_state_resumes_from_json(resumed_run):
+    def run():
+        pbt = PBTScheduler(population=4, ready=2, exploit="ttest")
+        return Run(FAMILY.make("test", 0), pbt, budget=300, interval=25)
+
+    ref = run()
     ref.start(5)
     whole = ref.run()
-    part = Run(
-        FAMILY.make("test", 0),
-        PBTScheduler(population=4, ready=2, exploit="ttest"),
-        budget=300,
-        interval=25,
-    )
-    part.start(5)
-    for _ in range(5):
-        part.step()
-    blob = json.dumps(part.scheduler.state_dict(), allow_nan=False)
-    part.scheduler = scheduler_from_state(json.loads(blob))
-    tr = part.run()
+    tr = resumed_run(run(), seed=5, cut=5)
     np.testing.assert_array_equal(tr["train_loss"], whole["train_loss"])
     assert tr.final_loss == whole.final_loss and tr.extra_steps == whole.extra_steps
 
@@ -183,10 +173,8 @@ def test_end_to_end_on_nmf_budget_2000():
     assert tr.extra_steps == 7 * 2000 + round(8 * 40 * eval_cost(FAMILY.make("test", 0)))
 
 
-def test_driver_measured_scores_of_members_off_the_main_line_count_as_evaluations():
-    from metasched.inner_tasks.mlp import MLPConfig, MLPTask
-
-    task = MLPTask(MLPConfig(width=8, depth=1))
+def test_driver_measured_scores_of_members_off_the_main_line_count_as_evaluations(tiny_mlp):
+    task = tiny_mlp(width=8)
     s = PBTScheduler(population=3, ready=100)
     tr = run_schedule(task, s, budget=60, interval=20)
     # the driver measures every member's validation loss; the main line's is its own

@@ -1,7 +1,6 @@
 """The LR-free peers: the packages' own optimizers taking every inner step of a task."""
 
 import importlib
-import json
 import math
 
 import numpy as np
@@ -10,13 +9,11 @@ import torch
 
 from metasched.errors import ConfigError, MissingDependencyError
 from metasched.inner_tasks.mlp import MLPConfig, MLPTask
-from metasched.inner_tasks.nmf import NMFFamily
-from metasched.schedulers import Run, make_scheduler, run_schedule, scheduler_from_state
+from metasched.schedulers import Run, make_scheduler, run_schedule
 from metasched.schedulers import peers as peers_mod
 
 PEERS = ["schedulefree", "prodigy", "dadapt"]
 ON_NMF = ["prodigy", "dadapt"]
-FAMILY = NMFFamily(seed=0)
 
 
 def _mlp():
@@ -74,8 +71,8 @@ def test_runs_on_a_torch_task_deterministically(name):
 
 
 @pytest.mark.parametrize("name", ON_NMF)
-def test_runs_projected_on_nmf(name):
-    task = FAMILY.make("test", 0)
+def test_runs_projected_on_nmf(name, nmf_task):
+    task = nmf_task(0)
     s = make_scheduler(name)
     tr = run_schedule(task, s, budget=300, interval=50, seed=0)
     assert not tr.diverged and tr.final_loss < 0.5 * tr["train_loss"][0]
@@ -84,9 +81,9 @@ def test_runs_projected_on_nmf(name):
     assert tr["lr"][-1] > 1e3 * tr["lr"][1]
 
 
-def test_schedulefree_refuses_projected_tasks():
+def test_schedulefree_refuses_projected_tasks(nmf_task):
     with pytest.raises(ConfigError, match=r"schedulefree.*projected"):
-        run_schedule(FAMILY.make("test", 0), make_scheduler("schedulefree"), budget=50, interval=50)
+        run_schedule(nmf_task(0), make_scheduler("schedulefree"), budget=50, interval=50)
 
 
 def test_schedulefree_lr_is_lr_scale_times_base_and_evaluation_sees_x():
@@ -112,18 +109,13 @@ def test_schedulefree_lr_is_lr_scale_times_base_and_evaluation_sees_x():
 
 
 @pytest.mark.parametrize("name", PEERS)
-def test_state_resumes_mid_run_from_json(name):
+def test_state_resumes_mid_run_from_json(name, nmf_task, resumed_run):
     def task():
-        return _mlp() if name == "schedulefree" else FAMILY.make("test", 2)
+        return _mlp() if name == "schedulefree" else nmf_task(2)
 
     whole = run_schedule(task(), make_scheduler(name), budget=150, interval=25, seed=4)
     part = Run(task(), make_scheduler(name), budget=150, interval=25)
-    part.start(4)
-    for _ in range(3):
-        part.step()
-    blob = json.dumps(part.scheduler.state_dict(), allow_nan=False)
-    part.scheduler = scheduler_from_state(json.loads(blob))
-    tr = part.run()
+    tr = resumed_run(part, seed=4, cut=3)
     assert tr.final_loss == whole.final_loss
     np.testing.assert_array_equal(tr["lr"], whole["lr"])
 

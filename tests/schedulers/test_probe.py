@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from metasched.inner_tasks.base import InnerTask, StepStats
-from metasched.inner_tasks.nmf import NMFFamily
 from metasched.loop import Driver
 from metasched.schedulers import ProbeScheduler, Run, make_scheduler, run_schedule
 
@@ -116,7 +115,7 @@ def test_reported_extra_compute_matches_what_ran(continue_from):
     assert steps.tolist() == [33 if g in probing else 10 for g in range(30)]
 
 
-def test_winner_evaluations_count_in_compute_at_the_measured_cost(monkeypatch):
+def test_winner_evaluations_count_in_compute_at_the_measured_cost(monkeypatch, nmf_task):
     from metasched.inner_tasks import costs
 
     task = ContractionTask()
@@ -127,7 +126,7 @@ def test_winner_evaluations_count_in_compute_at_the_measured_cost(monkeypatch):
     assert tr.extra_steps == 2 * 10 * 5 + round(15 * 2.5)
     # built-in families use the measured constant
     monkeypatch.setitem(costs.EVAL_COST, "nmf", 4.0)
-    nmf = NMFFamily(seed=0).make("test", 0)
+    nmf = nmf_task(0)
     s = ProbeScheduler(every=2)
     tr = run_schedule(nmf, s, budget=200, interval=50)
     assert s.extra_evals == 3 * 2 and tr.extra_steps == 2 * 50 * 2 + 6 * 4
@@ -142,9 +141,9 @@ def test_continue_from_winner_keeps_the_winning_fork():
     assert tr.final_loss == pytest.approx((1 - 0.02 / 1.5) ** 20)
 
 
-def test_forks_see_the_same_minibatches_on_nmf():
+def test_forks_see_the_same_minibatches_on_nmf(nmf_task):
     """All three arms start from one snapshot: at equal LR they would be identical."""
-    task = NMFFamily(seed=0).make("test", 1)
+    task = nmf_task(1)
     drv = Driver(task, budget=200, interval=50, clip="none")
     drv.start(np.random.default_rng(3))
     snap = drv.snapshot()
@@ -154,13 +153,12 @@ def test_forks_see_the_same_minibatches_on_nmf():
     assert a.losses == b.losses and a.step == b.step == 50
 
 
-def test_probe_on_nmf_is_deterministic_and_counts_compute():
-    fam = NMFFamily(seed=0)
-    t1 = run_schedule(
-        fam.make("test", 2), make_scheduler("probe", p=0.5, seed=3), budget=600, interval=50, seed=9
-    )
-    t2 = run_schedule(
-        fam.make("test", 2), make_scheduler("probe", p=0.5, seed=3), budget=600, interval=50, seed=9
+def test_probe_on_nmf_is_deterministic_and_counts_compute(nmf_task):
+    t1, t2 = (
+        run_schedule(
+            nmf_task(2), make_scheduler("probe", p=0.5, seed=3), budget=600, interval=50, seed=9
+        )
+        for _ in range(2)
     )
     np.testing.assert_array_equal(t1["train_loss"], t2["train_loss"])
     assert t1.final_loss == t2.final_loss and math.isfinite(t1.final_loss)
