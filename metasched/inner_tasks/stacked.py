@@ -361,7 +361,9 @@ class _MLPBucket:
                         )
                 if decay:
                     grads.addcmul_(params, wd)
-                torch.sum(torch.stack([torch.linalg.vecdot(g, g) for g in gflat]), 0, out=g2[t])
+                g2_t = g2[t]
+                for g in gflat:  # in block order, whatever the bucket's size
+                    g2_t += torch.linalg.vecdot(g, g)
                 step = grads
                 if momentum:
                     bufs.lerp_(grads, keep)
