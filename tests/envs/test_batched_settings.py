@@ -85,13 +85,19 @@ def _rollout(venv, steps=4):
     return np.concatenate([o.reshape(-1).astype(np.float64) for o in out])
 
 
-@pytest.mark.parametrize("rng", ["shared", "per_slot"])
-def test_nmf_env_reseeds_every_stream_on_seed(rng):
+@pytest.mark.parametrize(("rng", "n_processes"), [("shared", 1), ("shared", 2), ("per_slot", 1)])
+def test_nmf_env_reseeds_every_stream_on_seed(rng, n_processes):
     """After ``seed(s)`` the env rolls out as a new env built with seed ``s``."""
-    fresh = _rollout(BatchedNMFVecEnv(4, rng=rng, seed=5, n_processes=1, **NMF_SMALL))
-    venv = BatchedNMFVecEnv(4, rng=rng, seed=0, n_processes=1, **NMF_SMALL)
-    _rollout(venv)
-    venv.seed(5)
-    np.testing.assert_array_equal(_rollout(venv), fresh)
-    venv.seed(5)
-    np.testing.assert_array_equal(_rollout(venv), fresh)
+    kwargs = {"rng": rng, "n_processes": n_processes, **NMF_SMALL}
+    fresh_env = BatchedNMFVecEnv(4, seed=5, **kwargs)
+    venv = BatchedNMFVecEnv(4, seed=0, **kwargs)
+    try:
+        fresh = _rollout(fresh_env)
+        _rollout(venv)
+        venv.seed(5)
+        np.testing.assert_array_equal(_rollout(venv), fresh)
+        venv.seed(5)
+        np.testing.assert_array_equal(_rollout(venv), fresh)
+    finally:
+        fresh_env.close()
+        venv.close()
