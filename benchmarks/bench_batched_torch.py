@@ -1,6 +1,6 @@
 """Batched envs for the network families and NMF's shared-RNG mode, side by side in one run.
 
-Run: ``python benchmarks/bench_batched_torch.py [--quick] [--sections inner,ppo,nmf]``.
+Run: ``python benchmarks/bench_batched_torch.py [--quick] [--sections inner,ppo,nmf,bound]``.
 Every ratio compares equal work measured in this one run, the two sides interleaved
 (alternating rounds, summed times), so machine load hits both sides alike; the load
 average is printed with the numbers.
@@ -14,6 +14,16 @@ average is printed with the numbers.
   and updates) on ``MLP-v1`` / ``MNIST1D-v1``: ``SubprocVecEnv`` with one single env per
   core (2 processes) against ``BatchedTorchVecEnv`` with 32 envs in 1 and in 2 processes.
   Same PPO hyperparameters and the same rollout size (1,024 transitions) and total steps.
+* ``bound``: the measured stability bound (``clip="measured"``). (a) Its wall time as a
+  fraction of training time (decision intervals of SGD plus the held-out evaluation),
+  through one ``MLP-v0`` / ``MNIST1D-v0``-length episode (20 decisions; the bound is asked
+  for at the start and after every decision and re-measured every 10th time, as the env
+  does) of 32 ``train`` problems: batched (``StackedNetworks.lr_bound``) against per-slot
+  (each task's own ``ForkTestEstimator``, one after another), plus the fork steps as a
+  fraction of the inner steps (the same on both sides). (b) Env steps per second of
+  ``BatchedTorchVecEnv`` without the bound (``clip="deterministic"``: networks unclipped)
+  and with it (``clip="measured"``), B = 16, 32, 64, random ``discrete3`` actions (no PPO),
+  one whole episode (auto-resets included).
 * ``nmf``: (a) B=64 problems in one batch against 64 single ``NMFTask`` in a loop, float64
   on both sides, update norms measured on both sides (the settings of
   ``bench_env.py``'s section 3), with the per-slot and the shared RNG; (b) PPO on
@@ -40,10 +50,12 @@ torch.set_num_threads(1)
 
 from metasched.agents.config import algo_class, load_config  # noqa: E402
 from metasched.agents.train import make_train_env  # noqa: E402
+from metasched.envs.batched_torch import BatchedTorchVecEnv  # noqa: E402
 from metasched.inner_tasks import make_family  # noqa: E402
 from metasched.inner_tasks.nmf import NMFConfig, NMFTask  # noqa: E402
 from metasched.inner_tasks.nmf_batched import BatchedNMF  # noqa: E402
 from metasched.inner_tasks.stacked import StackedNetworks  # noqa: E402
+from metasched.stability import ForkTestEstimator  # noqa: E402
 
 INTERVAL = {"mlp": 40, "mnist1d": 50}
 NMF_CFG = NMFConfig(m=200, n=100, rank=10, noise=0.1, grad_noise=1.0, batch_size=32, seed=1)
@@ -87,6 +99,78 @@ def bench_inner(family: str, n: int, rounds: int) -> dict[str, float]:
     out = {k + "_inner_steps_per_s": work / v for k, v in secs.items()}
     out["ratio"] = secs["single"] / secs["batched"]
     out["buckets"] = len(nets.buckets)
+    return out
+
+
+def bench_bound_overhead(family: str, n: int, decisions: int, rounds: int) -> dict[str, float]:
+    """The bound's wall time over training time, batched vs per-slot single estimators."""
+    fam = make_family(family, 0)
+    T = INTERVAL[family]
+    configs = [fam.instance_config("train", i) for i in range(n)]
+    secs = dict.fromkeys(("batched_train", "batched_bound", "single_train", "single_bound"), 0.0)
+    fork_steps = 0.0
+    clock = time.perf_counter
+    for _ in range(rounds):
+        nets = StackedNetworks(n, stability=ForkTestEstimator.for_interval(T))
+        singles = []
+        for i, cfg in enumerate(configs):
+            nets.load(i, fam.make_task(cfg), np.random.default_rng(i))
+            task = fam.make_task(cfg)
+            task.reset(np.random.default_rng(i))
+            task.stability = ForkTestEstimator.for_interval(T)
+            singles.append(task)
+        lr = np.array([0.5 * t.default_lr() for t in singles])
+        for d in range(decisions + 1):  # the bound at the start and after every decision
+            if d:
+                t0 = clock()
+                nets.train(T, lr)
+                nets.evaluate()
+                secs["batched_train"] += clock() - t0
+            t0 = clock()
+            nets.lr_bound()
+            secs["batched_bound"] += clock() - t0
+            for task, rate in zip(singles, lr, strict=True):
+                if d:
+                    t0 = clock()
+                    task.train(T, float(rate))
+                    task.evaluate()
+                    secs["single_train"] += clock() - t0
+                t0 = clock()
+                task.lr_bound()
+                secs["single_bound"] += clock() - t0
+        fork_steps += float(nets.bound_cost_steps.sum())
+    return {
+        "batched_bound_over_train": secs["batched_bound"] / secs["batched_train"],
+        "single_bound_over_train": secs["single_bound"] / secs["single_train"],
+        "bound_speedup_batched_vs_single": secs["single_bound"] / secs["batched_bound"],
+        "train_speedup_batched_vs_single": secs["single_train"] / secs["batched_train"],
+        "fork_steps_over_inner_steps": fork_steps / (rounds * n * T * decisions),
+    }
+
+
+def bench_env_bound(family: str, sizes: tuple[int, ...], rounds: int) -> dict[str, float]:
+    """Env steps/s of the batched env with and without the measured bound, per B."""
+    T = INTERVAL[family]
+    decisions = 20
+    out: dict[str, float] = {}
+    for n in sizes:
+
+        def episode(clip: str, n: int = n) -> None:
+            venv = BatchedTorchVecEnv(
+                n, family=family, clip=clip, budget=T * decisions, steps_per_action=T, seed=0
+            )
+            venv.reset()
+            rng = np.random.default_rng(0)
+            for _ in range(decisions):
+                venv.step(rng.integers(0, 3, n))
+
+        secs = interleaved(
+            {"no_bound": lambda: episode("deterministic"), "bound": lambda: episode("measured")},
+            rounds,
+        )
+        for side, sec in secs.items():
+            out[f"B{n}_{side}_env_steps_per_s"] = rounds * n * decisions / sec
+        out[f"B{n}_slowdown"] = secs["bound"] / secs["no_bound"]
     return out
 
 
@@ -220,7 +304,7 @@ def main() -> None:
     """Run the chosen sections and print a JSON report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
-    parser.add_argument("--sections", default="inner,ppo,nmf")
+    parser.add_argument("--sections", default="inner,ppo,nmf,bound")
     args = parser.parse_args()
     sections = args.sections.split(",")
     rounds = 1 if args.quick else 3
@@ -235,6 +319,13 @@ def main() -> None:
         total = 1024 if args.quick else 2048
         report["ppo_networks"] = {
             env: bench_ppo(env, total, 1) for env in ("metasched/MLP-v1", "metasched/MNIST1D-v1")
+        }
+    if "bound" in sections:
+        report["bound_overhead_B32"] = {
+            fam: bench_bound_overhead(fam, 32, 20, rounds) for fam in ("mlp", "mnist1d")
+        }
+        report["env_steps_per_s_bound"] = {
+            fam: bench_env_bound(fam, (16, 32, 64), rounds) for fam in ("mlp", "mnist1d")
         }
     if "nmf" in sections:
         report["nmf_batch_B64_float64"] = bench_nmf_batch(64, 4, rounds)

@@ -60,6 +60,54 @@ __all__ = ["BatchedNMFVecEnv"]
 AUTO_PROCESSES_MIN_ENVS = 32
 
 
+#: Settings :meth:`BatchedNMFVecEnv.set_attr` may change while the env runs (attribute names).
+STEP_SETTINGS = (
+    "budget",
+    "steps_per_action",
+    "clip",
+    "kappa",
+    "lr_range",
+    "init_lr",
+    "reward_mode",
+    "divergence_penalty",
+)
+#: Construction settings that cannot change once the env runs.
+FROZEN_SETTINGS = (
+    "num_envs",
+    "family",
+    "split",
+    "action_mode",
+    "divergence_factor",
+    "bucketing",
+    "n_processes",
+)
+
+
+def _check_step_settings(
+    settings: dict[str, Any], split: str, divergence_factor: float
+) -> tuple[float, float]:
+    """Validate the step settings of a batched NMF env; return ``lr_range`` as floats."""
+    lo, hi = check_env_args(
+        split=split,
+        budget=settings["budget"],
+        steps_per_action=settings["steps_per_action"],
+        clip=settings["clip"],
+        kappa=settings["kappa"],
+        lr_range=settings["lr_range"],
+        init_lr=settings["init_lr"],
+        reward=settings["reward_mode"],
+        divergence_penalty=settings["divergence_penalty"],
+        divergence_factor=divergence_factor,
+        clip_modes=("auto", "deterministic", "none"),
+    )
+    if settings["budget"] % settings["steps_per_action"]:
+        raise ValueError(
+            f"budget must be a multiple of steps_per_action={settings['steps_per_action']}, "
+            f"got {settings['budget']!r}"
+        )
+    return lo, hi
+
+
 class _Host:
     """The inner problems of the sub-envs one process holds.
 
@@ -71,6 +119,20 @@ class _Host:
         self.family = NMFFamily(cfg["family_seed"], **(cfg["family_kwargs"] or {}))
         self.split = cfg["split"]
         self.offset = offset
+        self.cfg, self.size, self.n_hosts = dict(cfg), size, n_hosts
+        self._build()
+
+    def reseed(self, seed: int) -> None:
+        """Empty this host and reseed its shared streams from the env seed ``seed``.
+
+        The host is then as if built with that seed: with ``rng="shared"`` its problems draw
+        what a fresh env seeded so would draw.
+        """
+        self.cfg["seed"] = int(seed)
+        self._build()
+
+    def _build(self) -> None:
+        cfg, size, n_hosts = self.cfg, self.size, self.n_hosts
         engine = {
             "dtype": cfg["dtype"],
             "divergence_factor": float(cfg["divergence_factor"]),
@@ -249,23 +311,17 @@ class BatchedNMFVecEnv(VecEnv):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         action_space = action_space_for(action)
-        lo, hi = check_env_args(
-            split=split,
-            budget=budget,
-            steps_per_action=steps_per_action,
-            clip=clip,
-            kappa=kappa,
-            lr_range=lr_range,
-            init_lr=init_lr,
-            reward=reward,
-            divergence_penalty=divergence_penalty,
-            divergence_factor=divergence_factor,
-            clip_modes=("auto", "deterministic", "none"),
-        )
-        if budget % steps_per_action:
-            raise ValueError(
-                f"budget must be a multiple of steps_per_action={steps_per_action}, got {budget!r}"
-            )
+        step_settings = {
+            "budget": budget,
+            "steps_per_action": steps_per_action,
+            "clip": clip,
+            "kappa": kappa,
+            "lr_range": lr_range,
+            "init_lr": init_lr,
+            "reward_mode": reward,
+            "divergence_penalty": divergence_penalty,
+        }
+        lo, hi = _check_step_settings(step_settings, split, divergence_factor)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if rng not in RNG_MODES:
@@ -487,10 +543,23 @@ class BatchedNMFVecEnv(VecEnv):
         self._restart(np.array([slot]), [(int(index), generator)])
 
     def reset(self) -> VecEnvObs:
-        """Start a fresh episode in every sub-env and return the ``(B, 12)`` observations."""
+        """Start a fresh episode in every sub-env and return the ``(B, 12)`` observations.
+
+        After :meth:`seed`, every random stream restarts from the new seed (the per-sub-env
+        instance streams and, with ``rng="shared"``, each process's shared minibatch and
+        noise streams), and the problems are placed afresh: the env then rolls out as a new
+        env built with that seed.
+        """
         seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
         if seed is not None:
-            self._slot_rngs = self._rngs_for(int(seed))
+            self._seed = int(seed)
+            self._slot_rngs = self._rngs_for(self._seed)
+            self._on_hosts("reseed", [(self._seed,)] * self.n_processes)
+            self._host_of[:] = -1
+            self._work[:] = 0.0
+            self._class_of[:] = -1
+            self._host_work[:] = 0.0
+            self._host_classes[:] = 0
         self._reset_seeds()
         envs = np.arange(self.num_envs)
         self._restart(envs, self._random_draws(envs))
@@ -587,7 +656,31 @@ class BatchedNMFVecEnv(VecEnv):
         return [getattr(self, attr_name, None) for _ in self._indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        """Set an attribute of the shared env (sub-envs have no separate objects)."""
+        """Set an attribute of the shared env (sub-envs have no separate objects).
+
+        The step settings (:data:`STEP_SETTINGS`) are validated as the constructor validates
+        them and apply from the next decision on (``lr_range``, ``init_lr``: from each
+        sub-env's next episode); they are shared, so ``indices`` must select every sub-env.
+        Construction settings (:data:`FROZEN_SETTINGS`) cannot change. Any other name is set
+        on this object.
+        """
+        if attr_name in FROZEN_SETTINGS:
+            raise ValueError(f"{attr_name} cannot change after construction; build a new env")
+        if attr_name not in STEP_SETTINGS:
+            setattr(self, attr_name, value)
+            return
+        if sorted(set(self._indices(indices))) != list(range(self.num_envs)):
+            raise ValueError(
+                f"{attr_name} is shared by all sub-envs of a batched env; set it for all "
+                f"(indices=None), got indices={indices!r}"
+            )
+        settings = {name: getattr(self, name) for name in STEP_SETTINGS}
+        settings[attr_name] = value
+        lo, hi = _check_step_settings(settings, self.split, self.divergence_factor)
+        if attr_name == "lr_range":
+            value = (lo, hi)
+        elif attr_name in ("kappa", "init_lr", "divergence_penalty"):
+            value = float(value)
         setattr(self, attr_name, value)
 
     def env_method(

@@ -24,9 +24,17 @@ runs (e.g. 40 vs 56 env steps/s) and on ``MNIST1D-v0`` at 1.0x and 0.96x: halvin
 shards doubles the number of small buckets per step, and the PPO update in the parent does
 not overlap with the workers.
 
-The per-slot stability bound is ``StackedNetworks.lr_bound`` (unknown, NaN, for networks
-today); the env clips at ``kappa`` times it and computes the bound feature from it, so a
-measured bound computed there (batched) takes effect without changes here.
+Clipping (``clip``): ``"deterministic"`` caps NMF slots at ``kappa`` times their analytic
+bound (network slots have none); ``"measured"`` caps network slots at ``kappa_measured`` times the
+bound :meth:`StackedNetworks.lr_bound <metasched.inner_tasks.stacked.StackedNetworks.lr_bound>`
+measures (the fork test of :class:`~metasched.stability.ForkTestEstimator`, settings
+``ForkTestEstimator.for_interval(steps_per_action)``, batched across the slots of a shape
+bucket and re-measured every ``every`` decisions); ``"auto"`` is analytic on NMF slots and
+measured on network slots; ``"none"`` never clips. The factors default per kind of bound
+(:data:`BOUND_KAPPA`, the single env's). Unlike the single env's Driver, this env does not
+re-measure before an LR ramps above the last measured bound (measured every ``every``
+decisions only). The bound in use also feeds the observation's bound feature, and the
+SGD steps spent measuring it are reported per decision (``info["bound_steps"]``).
 """
 
 from __future__ import annotations
@@ -46,16 +54,58 @@ from metasched.envs.lr_control import action_space_for, action_to_lr, check_env_
 from metasched.errors import ConfigError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
 from metasched.inner_tasks import family_lr_range, make_family
-from metasched.inner_tasks.mixed import MixedConfig, MixedFamily
+from metasched.inner_tasks.mixed import DEFAULT_MEMBERS, MixedConfig, MixedFamily
 from metasched.inner_tasks.nmf_batched import BucketedNMF, shape_classes
 from metasched.inner_tasks.stacked import StackedNetworks
 from metasched.loop import ANALYTIC_SCALE, DEFAULT_CLIP, DEFAULT_KAPPA, DEFAULT_KAPPA_MEASURED
+from metasched.stability import ForkTestEstimator
 
-__all__ = ["BATCHED_FAMILIES", "BatchedTorchVecEnv"]
+__all__ = ["BATCHED_CLIP_MODES", "BATCHED_FAMILIES", "BOUND_KAPPA", "BatchedTorchVecEnv"]
 
 #: Families this env runs (``mixed`` with members among ``nmf``, ``mlp``, ``mnist1d``).
 BATCHED_FAMILIES: tuple[str, ...] = ("mlp", "mnist1d", "mixed")
 _MEMBERS = ("nmf", "mlp", "mnist1d")
+#: Clipping modes of this env (see the module docstring).
+BATCHED_CLIP_MODES: tuple[str, ...] = ("deterministic", "measured", "auto", "none")
+#: The LR is clipped at a factor times the bound, by kind of bound (``kappa``, ``kappa_measured``):
+#: NMF's analytic ``1/L`` is about half the true limit (the env's long-standing factor 2);
+#: the fork test estimates the limit itself, and ``1/sqrt(2)`` of it stayed at or below the
+#: empirical largest stable LR at 95-100% of checkpoints (``benchmarks/bench_stability.py``).
+BOUND_KAPPA: dict[str, float] = {"analytic": DEFAULT_KAPPA, "measured": DEFAULT_KAPPA_MEASURED}
+#: Settings :meth:`BatchedTorchVecEnv.set_attr` changes at run time (attribute: config key).
+SETTINGS: dict[str, str] = {
+    "budget": "budget",
+    "steps_per_action": "steps_per_action",
+    "clip": "clip",
+    "kappa": "kappa",
+    "kappa_measured": "kappa_measured",
+    "lr_range": "lr_range",
+    "init_lr": "init_lr",
+    "reward_mode": "reward",
+    "divergence_penalty": "divergence_penalty",
+}
+#: Constructor settings that cannot change once the env runs.
+FROZEN = (
+    "num_envs",
+    "family_name",
+    "split",
+    "action_mode",
+    "divergence_factor",
+    "family_seed",
+    "family_kwargs",
+    "dtype",
+    "n_processes",
+)
+
+
+def _measures(clip: str) -> bool:
+    """Whether clip mode ``clip`` measures the network slots' bounds."""
+    return clip in ("measured", "auto")
+
+
+def _kappas(cfg: dict[str, Any]) -> tuple[float, float]:
+    """``(analytic, measured)`` clip factors of a config (as the single env's Driver)."""
+    return cfg["kappa"], cfg["kappa_measured"]
 
 
 class _Core:
@@ -75,6 +125,7 @@ class _Core:
         self.nets = StackedNetworks(
             size, dtype=cfg["dtype"], divergence_factor=cfg["divergence_factor"]
         )
+        self._set_stability()
         self.nmf: BucketedNMF | None = None
         members = getattr(self.family, "members", {})
         if "nmf" in members:
@@ -93,9 +144,39 @@ class _Core:
         self.bound = np.full(B, np.nan)
         self.steps = np.zeros(B, dtype=np.int64)
         self.clips = np.zeros(B, dtype=np.int64)
+        self.bound_steps = np.zeros(B)  # bound measurement since the last report, per slot
+        self.bound_total = np.zeros(B)  # ... and over the episode
         self.names = [""] * B
         self.rngs: list[np.random.Generator] = []
         self.seed(cfg["seed"])
+
+    def _set_stability(self) -> None:
+        """Measure the network slots' bounds exactly when the clip mode uses them."""
+        cfg = self.cfg
+        measure = _measures(cfg["clip"])
+        est = ForkTestEstimator.for_interval(cfg["steps_per_action"]) if measure else None
+        self.nets.stability = est
+
+    def configure(self, key: str, value: Any) -> None:
+        """Change one step setting (validated by the env) from the next decision on.
+
+        Switching the clip mode to a measured one measures the live network slots' bounds
+        now (so the next decision is clipped); switching away forgets them.
+        """
+        measured_before = _measures(self.cfg["clip"])
+        self.cfg[key] = value
+        if key not in ("clip", "steps_per_action"):
+            return
+        self._set_stability()
+        net = ~self.is_nmf & self.nets.active
+        if _measures(self.cfg["clip"]) and not measured_before:
+            idx = np.flatnonzero(net)
+            self.bound[idx] = self.nets.lr_bound(idx)
+            spent = self.nets.bound_cost_last[idx]
+            self.bound_steps[idx] += spent
+            self.bound_total[idx] += spent
+        elif not _measures(self.cfg["clip"]):
+            self.bound[net] = np.nan
 
     def seed(self, seed: int) -> None:
         """Per-slot instance streams: slot i of the whole env gets stream i of ``seed``."""
@@ -141,6 +222,11 @@ class _Core:
         bound = np.full(B, np.nan)
         net = mask & ~self.is_nmf
         bound[net] = self.nets.lr_bound(np.flatnonzero(net))
+        spent = self.nets.bound_cost_last
+        self.bound_total[envs] = 0.0
+        self.bound_steps[envs] = 0.0
+        self.bound_steps[net] += spent[net]
+        self.bound_total[net] += spent[net]
         val0 = np.where(net, loss0, np.nan)
         if nmf_new:
             assert self.nmf is not None
@@ -184,9 +270,10 @@ class _Core:
         self.lr = action_to_lr(cfg["action"], actions, self.lr, self.lr_min, self.lr_max)
         applied = self.lr.copy()
         clipped = np.zeros(B, dtype=bool)
-        if cfg["clip"] in ("auto", "deterministic"):
-            kappa = np.where(self.is_nmf, cfg["kappa"], DEFAULT_KAPPA_MEASURED)
-            cap = kappa * self.bound
+        if cfg["clip"] != "none":
+            analytic, measured = _kappas(cfg)
+            # NMF slots carry their analytic bound; network slots a measured one or NaN
+            cap = np.where(self.is_nmf, analytic, measured) * self.bound
             clipped = np.isfinite(cap) & (applied > cap)
             applied = np.where(clipped, cap, applied)
         self.clips += clipped
@@ -212,6 +299,9 @@ class _Core:
         val[net] = self.nets.evaluate(np.flatnonzero(net))
         bound = np.full(B, np.nan)
         bound[net] = self.nets.lr_bound(np.flatnonzero(net))
+        spent = np.where(net, self.nets.bound_cost_last, 0.0)
+        self.bound_steps += spent
+        self.bound_total += spent
         final = val.copy()
         nmf_live = self.is_nmf & ~diverged
         if nmf_live.any():
@@ -249,14 +339,17 @@ class _Core:
                 "clipped": bool(clipped[i]),
                 "inner_steps": int(self.steps[i]),
                 "lr_bound": float(self.common_bound()[i]),
+                "bound_steps": float(self.bound_steps[i]),
                 "instance": self.names[i],
             }
             if done[i]:
                 info["terminal_observation"] = obs[i].copy()
                 info["final_loss"] = math.inf if diverged[i] else float(final[i])
                 info["clip_count"] = int(self.clips[i])
+                info["bound_steps_total"] = float(self.bound_total[i])
                 info["TimeLimit.truncated"] = False
             infos.append(info)
+        self.bound_steps[:] = 0.0
         ended = np.flatnonzero(done)
         if ended.size:
             self.restart(ended, self.draws(ended))
@@ -270,13 +363,17 @@ class BatchedTorchVecEnv(VecEnv):
         num_envs: number of parallel episodes B.
         family: ``"mlp"``, ``"mnist1d"`` or ``"mixed"`` (members among nmf, mlp, mnist1d).
         split: family split the episodes draw instances from.
-        action, budget, steps_per_action, kappa, lr_range, init_lr, reward,
+        action, budget, steps_per_action, lr_range, init_lr, reward,
             divergence_penalty, divergence_factor, family_seed, family_kwargs: as for
             :class:`~metasched.envs.lr_control.LRControlEnv` (``lr_range`` defaults to the
             family's; ``budget`` must be a multiple of ``steps_per_action``).
-        clip: ``"auto"`` (default) or ``"deterministic"`` (the same here) or ``"none"``: caps
-            the LR at ``kappa`` x NMF slots' analytic bound and ``DEFAULT_KAPPA_MEASURED`` x
-            a network slot's measured bound, where one is known.
+        clip: ``"auto"`` (default: analytic on NMF slots, measured on network slots),
+            ``"deterministic"`` (NMF slots at ``kappa`` x their analytic bound),
+            ``"measured"`` (network slots at ``kappa_measured`` x their measured bound;
+            families without NMF members) or ``"none"``; see the module docstring.
+        kappa: the clip factor on NMF's analytic ``1/L`` (default 2, as in the single env).
+        kappa_measured: the clip factor on a measured bound (default
+            :data:`~metasched.loop.DEFAULT_KAPPA_MEASURED`, as in the single env).
         seed: seed of the sub-envs' instance and initialisation streams.
         dtype: ``torch.float32`` (default) or ``torch.float64`` for the stacked problems.
         n_processes: processes that step the sub-envs (contiguous shards, one torch thread
@@ -295,6 +392,7 @@ class BatchedTorchVecEnv(VecEnv):
         steps_per_action: int = 40,
         clip: str = DEFAULT_CLIP,
         kappa: float = DEFAULT_KAPPA,
+        kappa_measured: float = DEFAULT_KAPPA_MEASURED,
         lr_range: tuple[float, float] | None = None,
         init_lr: float = 1.0,
         reward: str = "log_improvement",
@@ -317,23 +415,21 @@ class BatchedTorchVecEnv(VecEnv):
         action_space = action_space_for(action)
         if lr_range is None:
             lr_range = family_lr_range(family)
-        lo, hi = check_env_args(
+        self.family_name = family
+        self.family_kwargs = dict(family_kwargs or {})
+        lo, hi = self._check_settings(
             split=split,
             budget=budget,
             steps_per_action=steps_per_action,
             clip=clip,
             kappa=kappa,
+            kappa_measured=kappa_measured,
             lr_range=lr_range,
             init_lr=init_lr,
             reward=reward,
             divergence_penalty=divergence_penalty,
             divergence_factor=divergence_factor,
-            clip_modes=("auto", "deterministic", "none"),
         )
-        if budget % steps_per_action:
-            raise ConfigError(
-                f"budget must be a multiple of steps_per_action={steps_per_action}, got {budget!r}"
-            )
         if dtype not in (torch.float32, torch.float64):
             raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if (
@@ -347,15 +443,20 @@ class BatchedTorchVecEnv(VecEnv):
         super().__init__(
             num_envs, spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32), action_space
         )
-        self.family_name = family
         self.split = split
         self.action_mode = action
         self.budget = budget
         self.steps_per_action = steps_per_action
         self.clip = clip
         self.kappa = float(kappa)
+        self.kappa_measured = float(kappa_measured)
         self.lr_range = (lo, hi)
         self.init_lr = float(init_lr)
+        self.reward_mode = reward
+        self.divergence_penalty = float(divergence_penalty)
+        self.divergence_factor = float(divergence_factor)
+        self.family_seed = family_seed
+        self.dtype = dtype
         self.n_processes = int(n_processes)
         cfg = {
             "family": family,
@@ -366,7 +467,8 @@ class BatchedTorchVecEnv(VecEnv):
             "budget": budget,
             "steps_per_action": steps_per_action,
             "clip": clip,
-            "kappa": float(kappa),
+            "kappa": self.kappa,
+            "kappa_measured": self.kappa_measured,
             "lr_range": (lo, hi),
             "init_lr": float(init_lr),
             "reward": reward,
@@ -393,6 +495,29 @@ class BatchedTorchVecEnv(VecEnv):
             except BaseException:
                 self.close()
                 raise
+
+    def _check_settings(self, **settings: Any) -> tuple[float, float]:
+        """Validate a full set of step settings; return ``lr_range`` as floats."""
+        lo, hi = check_env_args(
+            **settings,
+            clip_modes=BATCHED_CLIP_MODES,
+        )
+        budget, interval = settings["budget"], settings["steps_per_action"]
+        if budget % interval:
+            raise ConfigError(
+                f"budget must be a multiple of steps_per_action={interval}, got {budget!r}"
+            )
+        if settings["clip"] == "measured" and self._has_nmf():
+            raise ConfigError(
+                "clip='measured' measures network bounds only and this env has NMF slots; "
+                "use clip='auto' (NMF's analytic bound, measured on networks)"
+            )
+        return lo, hi
+
+    def _has_nmf(self) -> bool:
+        if self.family_name != "mixed":
+            return False
+        return "nmf" in self.family_kwargs.get("families", DEFAULT_MEMBERS)
 
     @property
     def core(self) -> _Core:
@@ -470,8 +595,47 @@ class BatchedTorchVecEnv(VecEnv):
         return [getattr(self, attr_name, None) for _ in self._indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        """Set an attribute of the shared env (sub-envs have no separate objects)."""
+        """Set an attribute of the shared env (sub-envs have no separate objects).
+
+        The step settings (:data:`SETTINGS`: ``budget``, ``steps_per_action``, ``clip``,
+        ``kappa``, ``lr_range``, ``init_lr``, ``reward_mode``, ``divergence_penalty``) are
+        validated and reach every sub-env (in every process) from the next decision on;
+        ``lr_range`` and ``init_lr`` apply from each sub-env's next episode. They are shared,
+        so ``indices`` must select every sub-env. Construction settings (:data:`FROZEN`)
+        cannot change. Any other name is set on this object.
+        """
+        if attr_name in FROZEN:
+            raise ConfigError(f"{attr_name} cannot change after construction; build a new env")
+        if attr_name not in SETTINGS:
+            setattr(self, attr_name, value)
+            return
+        if sorted(set(self._indices(indices))) != list(range(self.num_envs)):
+            raise ConfigError(
+                f"{attr_name} is shared by all sub-envs of a batched env; set it for all "
+                f"(indices=None), got indices={indices!r}"
+            )
+        current = {
+            "split": self.split,
+            "budget": self.budget,
+            "steps_per_action": self.steps_per_action,
+            "clip": self.clip,
+            "kappa": self.kappa,
+            "kappa_measured": self.kappa_measured,
+            "lr_range": self.lr_range,
+            "init_lr": self.init_lr,
+            "reward": self.reward_mode,
+            "divergence_penalty": self.divergence_penalty,
+            "divergence_factor": self.divergence_factor,
+        }
+        key = SETTINGS[attr_name]
+        current[key] = value
+        lo, hi = self._check_settings(**current)
+        if key == "lr_range":
+            value = (lo, hi)
+        elif key in ("kappa", "kappa_measured", "init_lr", "divergence_penalty"):
+            value = float(value)
         setattr(self, attr_name, value)
+        self._all("configure", [(key, value)] * self.n_processes)
 
     def env_method(
         self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any

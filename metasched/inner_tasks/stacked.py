@@ -30,8 +30,12 @@ a non-finite loss or gradient) is found after each call from the logged losses, 
 single task's accounting (the diverging step counts as run, its update does not); a
 diverged slot's parameters are undefined afterwards (it is inactive until loaded again).
 
-The per-slot stability bound :meth:`StackedNetworks.lr_bound` is ``NaN`` for networks: a
-measured bound will be computed here, batched, when the tasks have one.
+The per-slot stability bound :meth:`StackedNetworks.lr_bound` is measured, batched across
+the slots of a bucket, with the fork test of :class:`~metasched.stability.ForkTestEstimator`
+(the validated default for networks) when ``stability`` holds its settings: each round of
+the search trains a *fork* of the bucket's slots still searching (parameters and momentum
+copied, minibatch generators cloned, data shared) at each slot's candidate LR, so the slots'
+problems are untouched and a float64 slot finds the single estimator's bound.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from metasched.inner_tasks.torch_task import (
     is_plain_mlp,
     torch_generator,
 )
+from metasched.stability import ForkTestEstimator
 
 __all__ = ["StackedNetworks", "bucket_key"]
 
@@ -76,6 +81,27 @@ def bucket_key(task: TorchTask) -> tuple[Any, ...]:
         shapes = tuple(tuple(p.shape) for p in task.params)
         return ("cnn1d", tuple(task.x_train.shape[1:]), shapes)
     return ("single", task.name)
+
+
+def _clone_generator(gen: torch.Generator) -> torch.Generator:
+    out = torch.Generator()
+    out.set_state(gen.get_state())
+    return out
+
+
+def _fork_settings(parent: Any, fork: Any, pos: np.ndarray) -> None:
+    """Give ``fork`` (a shallow copy of ``parent``) the settings of positions ``pos`` only.
+
+    The fork reads its training rows from the parent's (shared) data tensors through
+    ``data_pos``; its minibatch generators are copies, so the parent's streams do not move.
+    """
+    fork.cap = len(pos)
+    fork.members = [parent.members[p] for p in pos]
+    fork.gens = [_clone_generator(parent.gens[p]) for p in pos]
+    for name in ("n_train", "batch", "mu", "wd", "limit"):
+        setattr(fork, name, getattr(parent, name)[pos].copy())
+    fork.batch_max = int(fork.batch.max())
+    fork.data_pos = pos if parent.data_pos is None else parent.data_pos[pos]
 
 
 def _init_like_reset(task: TorchTask, generator: np.random.Generator) -> torch.Generator:
@@ -111,6 +137,7 @@ class _MLPBucket:
         for i in range(len(self.dims) - 1):
             self.shapes += [(self.dims[i + 1], self.dims[i]), (self.dims[i + 1],)]
         self.size = sum(math.prod(s) for s in self.shapes)
+        self.data_pos: np.ndarray | None = None  # set on forks (see fork)
         self.cap = 0
         self.n_train_max = 1
         self.n_val_max = 1
@@ -210,6 +237,23 @@ class _MLPBucket:
         """Set the divergence limits (``divergence_factor`` x reference loss) of positions."""
         self.limit[pos] = limit
 
+    def fork(self, pos: np.ndarray) -> _MLPBucket:
+        """Return a bucket of positions ``pos`` that trains exactly as they would next.
+
+        Parameters and momentum are copied, minibatch generators cloned and the data shared,
+        so training the fork (a fork test of the stability bound) leaves this bucket as it
+        was.
+        """
+        pos = np.asarray(pos, dtype=np.int64)
+        idx = torch.from_numpy(pos)
+        fork = object.__new__(_MLPBucket)
+        fork.__dict__.update(self.__dict__)
+        fork.p = torch.cat([v.index_select(0, idx).reshape(-1) for v in self.views(self.p)])
+        fork.buf = torch.cat([v.index_select(0, idx).reshape(-1) for v in self.views(self.buf)])
+        fork.grads = torch.zeros_like(fork.p)
+        _fork_settings(self, fork, pos)
+        return fork
+
     def remove(self, pos: int) -> int | None:
         """Drop position ``pos``; the last problem moves into it. Return the moved slot."""
         last = len(self.members) - 1
@@ -249,12 +293,14 @@ class _MLPBucket:
         idx = torch.zeros(n_steps, k, P, dtype=torch.long)
         rows = torch.zeros(k, P, dtype=self.dtype)
         base = self.x.shape[1]
+        data_pos = self.data_pos  # a fork's rows in its parent's data
         for pos in range(k):
             b = int(self.batch[pos])
             # the single task's draw: randint(len(x_train), (n_steps, batch_size))
             drawn = torch.randint(int(self.n_train[pos]), (n_steps, b), generator=self.gens[pos])
-            idx[:, pos, :b] = drawn + pos * base
-            idx[:, pos, b:] = pos * base
+            offset = (pos if data_pos is None else int(data_pos[pos])) * base
+            idx[:, pos, :b] = drawn + offset
+            idx[:, pos, b:] = offset
             rows[pos, :b] = 1.0 / b
         return idx, rows
 
@@ -275,44 +321,74 @@ class _MLPBucket:
         decay = bool(np.any(self.wd[:k] > 0))
         keep = self.spread(1.0 - self.mu)
         wd = self.spread(self.wd)
-        losses = torch.empty(T, k, dtype=dt)
         g2 = torch.zeros(T, k, dtype=dt)
         params, bufs, grads = self.p, self.buf, self.grads
         grads.zero_()  # unused positions stay finite
         blocks = [b[:k] for b in self.views(params)]
         weights, biases = blocks[0::2], blocks[1::2]
+        # views made once per call (the tensors are updated in place): fewer ops per step
+        weights_t = [w.transpose(1, 2) for w in weights]
+        biases_u = [b.unsqueeze(1) for b in biases]
         gblocks = [b[:k] for b in self.views(grads)]
         gw, gb = gblocks[0::2], gblocks[1::2]
-        n_layers = len(weights)
+        gflat = [g.flatten(1) for g in gblocks]
+        last = len(weights) - 1
         row_w = rows.unsqueeze(2)
         minus_one = torch.full((k, self.batch_max, 1), -1.0, dtype=dt)
         with torch.no_grad():
+            # every step's minibatches at once; the label's log-probability per row and step
+            flat = idx.view(-1)
+            xb = xs.index_select(0, flat).view(T, k, -1, self.dims[0])
+            yb = ys.index_select(0, flat).view(T, k, -1, 1)
+            picked = torch.empty(T, k, self.batch_max, 1, dtype=dt)
             for t in range(T):
-                flat = idx[t].view(-1)
-                x = xs.index_select(0, flat).view(k, -1, self.dims[0])
-                y = ys.index_select(0, flat).view(k, -1, 1)
-                acts, pre, logp = self._forward(weights, biases, x)
-                picked = logp.gather(2, y).squeeze(2)
-                torch.mul(picked, rows, out=picked)
-                torch.sum(picked, 1, out=losses[t]).neg_()
+                y = yb[t]
+                acts = [xb[t]]
+                for i in range(last):
+                    acts.append(torch.baddbmm(biases_u[i], acts[i], weights_t[i]).relu_())
+                logp = torch.baddbmm(biases_u[last], acts[last], weights_t[last])
+                logp = torch.log_softmax(logp, dim=2)
+                torch.gather(logp, 2, y, out=picked[t])
                 dz = logp.exp_()
                 dz.scatter_add_(2, y, minus_one)
                 dz.mul_(row_w)
-                for i in range(n_layers - 1, -1, -1):
+                for i in range(last, -1, -1):
                     torch.bmm(dz.transpose(1, 2), acts[i], out=gw[i])
                     torch.sum(dz, 1, out=gb[i])
-                    if i:
-                        dz = torch.bmm(dz, weights[i]).mul_(pre[i - 1] > 0)
+                    if i:  # ReLU backward: through where the layer's output is positive
+                        dz = torch.ops.aten.threshold_backward(
+                            torch.bmm(dz, weights[i]), acts[i], 0
+                        )
                 if decay:
                     grads.addcmul_(params, wd)
-                for g in gblocks:
-                    g2[t] += torch.linalg.vecdot(g.flatten(1), g.flatten(1))
+                g2_t = g2[t]
+                for g in gflat:  # in block order, whatever the bucket's size
+                    g2_t += torch.linalg.vecdot(g, g)
                 step = grads
                 if momentum:
                     bufs.lerp_(grads, keep)
                     step = bufs
                 params.addcmul_(step, rate, value=-1.0)
+            losses = torch.mul(picked.squeeze(3), rows).sum(2).neg_()
         return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
+
+    def minibatch_losses(self, n_steps: int) -> np.ndarray:
+        """Losses ``(k, T)`` of the next ``n_steps`` minibatches at the current parameters.
+
+        What :meth:`train` at LR 0 would log (its minibatch streams advance alike), by
+        forward passes only: the paired reference of a fork test.
+        """
+        k, T = len(self.members), n_steps
+        idx, rows = self._draws(k, T)
+        flat = idx.transpose(0, 1).reshape(-1)  # per position, its T minibatches in a row
+        x = self.x.view(-1, self.dims[0]).index_select(0, flat).view(k, -1, self.dims[0])
+        y = self.y.view(-1).index_select(0, flat).view(k, -1, 1)
+        blocks = [b[:k] for b in self.views(self.p)]
+        with torch.no_grad():
+            _, _, logp = self._forward(blocks[0::2], blocks[1::2], x)
+            picked = logp.gather(2, y).view(k, T, -1)
+            losses = torch.mul(picked, rows.unsqueeze(1)).sum(2).neg_()
+        return losses.double().numpy()
 
     def evaluate(self, pos: np.ndarray) -> np.ndarray:
         """Held-out mean cross-entropy of ``pos`` (all positions' forward runs at once)."""
@@ -346,6 +422,7 @@ class _CNN1DBucket:
         self.in_shape = tuple(proto.x_train.shape[1:])
         self.members: list[int] = []
         self.gens: list[torch.Generator] = []
+        self.data_pos: np.ndarray | None = None  # set on forks (see fork)
         self.cap = 0
         self.n_train_max = 1
         self.n_val_max = 1
@@ -435,6 +512,17 @@ class _CNN1DBucket:
     set_limit = _MLPBucket.set_limit
     _draws = _MLPBucket._draws
 
+    def fork(self, pos: np.ndarray) -> _CNN1DBucket:
+        """Return a bucket of positions ``pos`` that trains as they would next (as MLPs do)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        idx = torch.from_numpy(pos)
+        fork = object.__new__(_CNN1DBucket)
+        fork.__dict__.update(self.__dict__)
+        fork.p = [t.index_select(0, idx) for t in self.p]
+        fork.buf = [t.index_select(0, idx) for t in self.buf]
+        _fork_settings(self, fork, pos)
+        return fork
+
     def remove(self, pos: int) -> int | None:
         """Drop position ``pos``; the last problem moves into it. Return the moved slot."""
         last = len(self.members) - 1
@@ -489,6 +577,19 @@ class _CNN1DBucket:
                         g = b
                     p.sub_(g * rate.view(shaped[i]))
         return {"losses": losses.T.double().numpy(), "g2": g2.T.double().numpy()}
+
+    def minibatch_losses(self, n_steps: int) -> np.ndarray:
+        """Losses ``(k, T)`` of the next ``n_steps`` minibatches (as :class:`_MLPBucket`)."""
+        k, T = len(self.members), n_steps
+        idx, rows = self._draws(k, T)
+        flat = idx.transpose(0, 1).reshape(-1)  # per position, its T minibatches in a row
+        x = self.x.view(-1, *self.in_shape).index_select(0, flat).view(k, -1, *self.in_shape)
+        y = self.y.view(-1).index_select(0, flat).view(k, -1, 1)
+        with torch.no_grad():
+            logp = torch.log_softmax(self._logits([p[:k] for p in self.p], x), dim=2)
+            picked = logp.gather(2, y).view(k, T, -1)
+            losses = -(picked * rows.unsqueeze(1)).sum(2)
+        return losses.double().numpy()
 
     def evaluate(self, pos: np.ndarray) -> np.ndarray:
         """Held-out mean cross-entropy of ``pos``."""
@@ -554,6 +655,9 @@ class StackedNetworks:
             (problems in single buckets train in their task's own dtype).
         divergence_factor: a minibatch loss above this multiple of the slot's held-out loss
             at initialisation (or a non-finite one) counts as divergence.
+        stability: the settings of the measured stability bound (:meth:`lr_bound`): a
+            :class:`~metasched.stability.ForkTestEstimator` used as a template (its own
+            state is not touched); ``None`` (default): no bound (``NaN``). Assignable later.
 
     Example:
         >>> import numpy as np
@@ -568,7 +672,12 @@ class StackedNetworks:
     """
 
     def __init__(
-        self, n_slots: int, *, dtype: torch.dtype = torch.float32, divergence_factor: float = 1e3
+        self,
+        n_slots: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        divergence_factor: float = 1e3,
+        stability: ForkTestEstimator | None = None,
     ) -> None:
         if not isinstance(n_slots, int | np.integer) or n_slots < 1:
             raise ValueError(f"n_slots must be a positive integer, got {n_slots!r}")
@@ -583,6 +692,29 @@ class StackedNetworks:
         self._bucket: list[tuple[Any, ...] | None] = [None] * self.n_slots
         self._pos = np.full(self.n_slots, -1, dtype=np.int64)
         self._active = np.zeros(self.n_slots, dtype=bool)
+        self.stability = stability
+        B = self.n_slots
+        # per-slot state of the measured bound (reset when a slot is loaded)
+        self._anchor = np.full(B, np.nan)  # the task's default_lr: the grid's anchor
+        self._grid = np.full(B, np.nan)  # half-octave index of the last bound (warm start)
+        self._bound = np.full(B, np.nan)  # last measured bound (NaN: none yet)
+        self._bound_calls = np.zeros(B, dtype=np.int64)
+        self._bound_cost = np.zeros(B)
+        self._bound_cost_last = np.zeros(B)
+        self._single_est: dict[int, ForkTestEstimator] = {}
+
+    @property
+    def stability(self) -> ForkTestEstimator | None:
+        """The settings of the measured bound (``None``: no bound)."""
+        return self._stability
+
+    @stability.setter
+    def stability(self, value: ForkTestEstimator | None) -> None:
+        if value is not None and not isinstance(value, ForkTestEstimator):
+            raise ValueError(
+                f"stability must be a ForkTestEstimator or None, got {type(value).__name__}"
+            )
+        self._stability = value
 
     @property
     def active(self) -> np.ndarray:
@@ -609,6 +741,16 @@ class StackedNetworks:
         self._bucket[slot] = None
         self._pos[slot] = -1
         self._active[slot] = False
+        self._forget_bound(slot)
+
+    def _forget_bound(self, slot: int) -> None:
+        """Start ``slot``'s bound afresh (cold grid search, cost from zero): a new problem."""
+        self._grid[slot] = np.nan
+        self._bound[slot] = np.nan
+        self._bound_calls[slot] = 0
+        self._bound_cost[slot] = 0.0
+        self._bound_cost_last[slot] = 0.0
+        self._single_est.pop(slot, None)
 
     def load(self, slot: int, task: TorchTask, generator: np.random.Generator) -> float:
         """Put ``task``'s problem into ``slot``, initialised like ``task.reset(generator)``.
@@ -639,6 +781,7 @@ class StackedNetworks:
         ref = loss if math.isfinite(loss) and loss > 0 else 1.0
         bucket.set_limit(np.array([pos]), np.array([self.divergence_factor * ref]))
         self._active[slot] = True
+        self._anchor[slot] = float(task.default_lr())
         return loss
 
     def train(self, n_steps: int, lr: np.ndarray | float) -> BatchedStepStats:
@@ -704,13 +847,138 @@ class StackedNetworks:
         return out
 
     def lr_bound(self, slots: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Per-slot stability bound: ``NaN`` (unknown) for networks today.
+        """Per-slot measured stability bound, amortised and batched (``NaN`` without one).
 
-        This is where a measured bound (e.g. from stacked Hessian-vector products) plugs
-        in; the env clips and computes its feature from whatever this returns.
+        The algorithm of :class:`~metasched.stability.ForkTestEstimator`, slot for slot: each
+        call counts as one decision of every requested active slot; a slot is re-measured on
+        every ``every``-th of its calls since it was loaded (the first included) and keeps
+        its last bound in between. A measurement forks the slot's problem (parameters,
+        momentum, minibatch stream) from its current state, runs ``steps`` SGD steps at LR 0
+        (the paired reference) and at candidate LRs on the half-octave grid anchored at the
+        task's ``default_lr``, starting from the slot's previous grid point (climbing at most
+        ``max_up`` steps, or ``max_up_cold`` the first time, while the candidate passes;
+        descending while it fails), and leaves the slot untouched. The slots of one stacked
+        bucket due at the same call are measured together: each round trains one fork of
+        all of them still searching, each at its own candidate, as one stacked computation.
+        Problems in single buckets use their own estimator. The cost, in SGD steps of the
+        slot (the fork steps the single estimator would count), is in :attr:`bound_cost_last`
+        and :attr:`bound_cost_steps`. Empty, diverged and unrequested slots are not measured
+        (``NaN``).
         """
         want = np.arange(self.n_slots) if slots is None else np.asarray(slots, dtype=np.int64)
-        return np.full(want.size, np.nan)
+        for s in want:
+            self._check_slot(s)
+        self._bound_cost_last[:] = 0.0
+        est = self.stability
+        if est is None:
+            return np.full(want.size, np.nan)
+        live = np.unique(want[self._active[want]])
+        due = live[np.isnan(self._bound[live]) | (self._bound_calls[live] % est.every == 0)]
+        self._bound_calls[live] += 1
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for s in due:
+            key = self._bucket[s]
+            assert key is not None
+            groups.setdefault(key, []).append(int(s))
+        for key, members in groups.items():
+            bucket = self.buckets[key]
+            if isinstance(bucket, _SingleBucket):
+                for s in members:
+                    self._measure_single(bucket, s, est)
+            else:
+                self._measure_stacked(bucket, np.array(members, dtype=np.int64), est)
+        return np.where(self._active[want], self._bound[want], np.nan)
+
+    @property
+    def bound_cost_steps(self) -> np.ndarray:
+        """``(B,)`` SGD steps each slot's bound measurements cost since it was loaded."""
+        return self._bound_cost.copy()
+
+    @property
+    def bound_cost_last(self) -> np.ndarray:
+        """``(B,)`` SGD steps the last :meth:`lr_bound` call spent per slot (0: not measured)."""
+        return self._bound_cost_last.copy()
+
+    def _spend(self, slots: np.ndarray | int, cost: np.ndarray | float) -> None:
+        self._bound_cost[slots] += cost
+        self._bound_cost_last[slots] = cost
+
+    def _measure_single(self, bucket: _SingleBucket, slot: int, est: ForkTestEstimator) -> None:
+        """Measure a single-bucket slot with its own estimator (a copy of the settings)."""
+        own = self._single_est.get(slot)
+        if own is None:
+            own = ForkTestEstimator(
+                steps=est.steps,
+                rise=est.rise,
+                max_up=est.max_up,
+                max_up_cold=est.max_up_cold,
+                every=est.every,
+                anchor=est.anchor,
+            )
+            self._single_est[slot] = own
+        m = own.measure(bucket.tasks[int(self._pos[slot])])
+        self._bound[slot] = m.bound
+        self._spend(slot, m.cost_steps)
+
+    def _measure_stacked(
+        self, bucket: _MLPBucket | _CNN1DBucket, slots: np.ndarray, est: ForkTestEstimator
+    ) -> None:
+        """Run the fork-test search of ``slots`` of one stacked bucket, all slots per round."""
+        pos = self._pos[slots]
+        n, T = slots.size, est.steps
+        limit = bucket.limit[pos]
+        anchor = np.full(n, est.anchor) if est.anchor is not None else self._anchor[slots]
+        width = min(3, T)
+        window = np.ones(width) / width
+        cost = np.full(n, float(T))
+
+        # the paired reference: the same minibatches at LR 0 (forward passes only)
+        base = bucket.fork(pos).minibatch_losses(T)
+        ref = [np.convolve(row, window, mode="valid") for row in base]
+
+        def passes(sel: np.ndarray, grid: np.ndarray) -> np.ndarray:
+            # the rate exactly as the single estimator computes it, anchor * 2 ** (k / 2)
+            lr = np.array([a * 2 ** (int(k) / 2) for a, k in zip(anchor[sel], grid, strict=True)])
+            res = bucket.fork(pos[sel]).train(T, lr)
+            losses, g2 = res["losses"], res["g2"]
+            with np.errstate(invalid="ignore"):
+                bad = ~(losses <= limit[sel, None])
+            first = np.where(bad.any(1), bad.argmax(1), T)
+            cost[sel] += np.minimum(first + 1, T)
+            ok = ~bad.any(1) & np.isfinite(g2).all(1)
+            for j, i in enumerate(sel):
+                if ok[j]:
+                    fork = np.convolve(losses[j], window, mode="valid")
+                    ok[j] = bool(np.all(fork < est.rise * ref[i]))
+            return ok
+
+        warm = ~np.isnan(self._grid[slots])
+        k = np.where(warm, np.nan_to_num(self._grid[slots]), 0).astype(np.int64)
+        climbs = np.where(warm, est.max_up, est.max_up_cold)
+        ok = passes(np.arange(n), k)
+        up = ok & (climbs > 0)
+        down = ~ok & (k > -40)
+        while up.any() or down.any():
+            sel = np.flatnonzero(up | down)
+            rising = up[sel]
+            res = passes(sel, np.where(rising, k[sel] + 1, k[sel] - 1))
+            su, ru = sel[rising], res[rising]  # climbing: keep the step if it passed
+            k[su] += ru
+            climbs[su] -= ru
+            up[su] = ru & (climbs[su] > 0)
+            sd, rd = sel[~rising], res[~rising]  # descending: stop at the first pass
+            k[sd] -= 1
+            ok[sd] = rd
+            down[sd] = ~rd & (k[sd] > -40)
+        bound = np.array(
+            [
+                a * 2 ** (int(kk) / 2) if (o or kk > -40) else 0.0
+                for a, kk, o in zip(anchor, k, ok, strict=True)
+            ]
+        )
+        self._grid[slots] = k
+        self._bound[slots] = bound
+        self._spend(slots, cost)
 
     def bucket_sizes(self) -> dict[tuple[Any, ...], int]:
         """Return the number of problems in each bucket (how well the batch is shared)."""
