@@ -97,6 +97,7 @@ __all__ = [
     "HEADER_KEYS",
     "PolicyFile",
     "canonical_json",
+    "check_obs_norm",
     "compute_checksum",
     "encode_policy",
     "load_policy",
@@ -129,7 +130,7 @@ _TENSOR_DTYPE = torch.float32
 RNNState = tuple[np.ndarray, np.ndarray]
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     """Internal: a problem with a file; becomes an ExportError naming the file."""
 
 
@@ -585,7 +586,12 @@ def _check_observation(observation: dict[str, Any]) -> int:
     return n
 
 
-def _check_obs_norm(obs_norm: Any, n: int) -> dict[str, Any] | None:
+def check_obs_norm(obs_norm: Any, n: int) -> dict[str, Any] | None:
+    """Validate a header's ``obs_norm`` for ``n`` features; return its runtime form or None.
+
+    The one check of observation-normalisation statistics: the writer (``agents.export``)
+    and the reader both use it. Raises ``ValueError`` naming the bad field.
+    """
     if obs_norm is None:
         return None
     if not isinstance(obs_norm, dict):
@@ -612,7 +618,7 @@ def _decode(data: bytes) -> tuple[dict[str, Any], _Network]:
         raise _Invalid("checksum mismatch (the file is corrupt or was modified)")
     n = _check_observation(header["observation"])
     _check_action(header["action"])
-    _check_obs_norm(header["obs_norm"], n)
+    check_obs_norm(header["obs_norm"], n)
     return header, _Network(header["network"], tensors, header)
 
 
@@ -638,7 +644,7 @@ class PolicyFile:
         self.recurrent = network.lstm is not None
         self.n_features = network.input_dim
         self._action = _check_action(header["action"])
-        self._norm = _check_obs_norm(header["obs_norm"], self.n_features)
+        self._norm = check_obs_norm(header["obs_norm"], self.n_features)
 
     @property
     def header(self) -> dict[str, Any]:

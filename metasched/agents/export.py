@@ -30,7 +30,7 @@ from torch import nn
 
 from metasched.errors import ExportError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FEATURE_NAMES
-from metasched.policyfile import FORMAT, FORMAT_VERSION, write_policy
+from metasched.policyfile import FORMAT, FORMAT_VERSION, check_obs_norm, write_policy
 
 __all__ = ["export_model", "obs_norm_from_vecnormalize"]
 
@@ -341,11 +341,12 @@ def _action_spec(space: Any, mode: Any) -> dict[str, Any]:
     raise ExportError(f"cannot export a policy with action space {space}")
 
 
-def _check_obs_norm(obs_norm: Any, n: int) -> dict[str, Any] | None:
+def _header_obs_norm(obs_norm: Any, n: int) -> dict[str, Any] | None:
+    """Return the header's ``obs_norm`` from a VecNormalize or a dict, checked as on reading."""
     if obs_norm is None:
         return None
     if hasattr(obs_norm, "obs_rms"):  # a VecNormalize itself
-        return _check_obs_norm(obs_norm_from_vecnormalize(obs_norm), n)
+        obs_norm = obs_norm_from_vecnormalize(obs_norm)
     if not isinstance(obs_norm, dict):
         raise ExportError(f"obs_norm must be None or a dict, got {type(obs_norm).__name__}")
     missing = [k for k in ("mean", "var", "epsilon", "clip_obs") if k not in obs_norm]
@@ -357,6 +358,10 @@ def _check_obs_norm(obs_norm: Any, n: int) -> dict[str, Any] | None:
             raise ExportError(f"obs_norm[{k!r}] must have {n} values (one per observation)")
         out[k] = [float(x) for x in out[k]]
     out["epsilon"], out["clip_obs"] = float(out["epsilon"]), float(out["clip_obs"])
+    try:
+        check_obs_norm(out, n)
+    except ValueError as e:
+        raise ExportError(f"obs_norm: {e}") from None
     return out
 
 
@@ -436,7 +441,7 @@ def export_model(
         "observation": observation,
         "action": _action_spec(model.action_space, kwargs["action"]),
         "network": {"input_dim": observation["shape"][0], "layers": spec.layers, "head": head},
-        "obs_norm": _check_obs_norm(obs_norm, observation["shape"][0]),
+        "obs_norm": _header_obs_norm(obs_norm, observation["shape"][0]),
         "versions": _versions(type(model).__module__),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "extra": _json_value(extra or {}, "extra"),
