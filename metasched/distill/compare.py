@@ -108,11 +108,15 @@ class TunedBaseline:
     def points(self, spec: CompareSpec) -> list[tuple[float, dict[str, Any], tuple[int, ...]]]:
         """Every grid point: ``(LR multiple, tuned kwargs, index along each axis)``."""
         mults = spec.joint_grid if self.joint else spec.grid
-        values = [v for _, v in self.axes]
+        axes = self.axes
+        if self.joint and spec.joint_axes is not None:  # the comparison's own values
+            mine = dict(spec.joint_axes)
+            axes = tuple((k, tuple(mine.get(k, v))) for k, v in axes)
+        values = [v for _, v in axes]
         out = []
         for mi, m in enumerate(mults):
             for combo in itertools.product(*(range(len(v)) for v in values)):
-                kw = {k: v[j] for (k, v), j in zip(self.axes, combo, strict=True)}
+                kw = {k: v[j] for (k, v), j in zip(axes, combo, strict=True)}
                 out.append((float(m), kw, (mi, *combo)))
         return out
 
@@ -276,6 +280,9 @@ class CompareSpec:
             families).
         grid: tuning grid, as multiples of the reference LR.
         joint_grid: start-LR multiples of jointly tuned baselines (``greedy-tuned``).
+        joint_axes: values of their other jointly tuned settings, e.g.
+            ``(("factor", (0.5, 0.9)), ("patience", (0, 3)))``, where not the label's own
+            (``None``: :data:`TUNED`'s grids).
         clip, kappa: stability-bound clipping, as in the env.
         tuning_cost: tuned labels (``"all"``: every one) whose every grid point also runs on
             the evaluated split, for the tuning-cost view (``tuning_cost.csv``; costs grid
@@ -292,6 +299,7 @@ class CompareSpec:
     tune_instances: int | None = None
     grid: tuple[float, ...] = DEFAULT_GRID
     joint_grid: tuple[float, ...] = DEFAULT_JOINT_GRID
+    joint_axes: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
     clip: str = DEFAULT_CLIP
     kappa: float = DEFAULT_KAPPA
     tuning_cost: tuple[str, ...] = ()
@@ -323,6 +331,12 @@ class CompareSpec:
                 raise ConfigError(f"{name} must hold positive LR multiples, got {g!r}")
         if self.clip not in CLIP_MODES:
             raise ConfigError(f"clip must be one of {CLIP_MODES}, got {self.clip!r}")
+        known = {k for t in TUNED.values() if t.joint for k, _ in t.axes}
+        for name, values in self.joint_axes or ():
+            if name not in known:
+                raise ConfigError(did_you_mean(str(name), sorted(known), "jointly tuned setting"))
+            if not values:
+                raise ConfigError(f"joint_axes[{name!r}] needs at least one value")
 
     def scale(self, family: str) -> tuple[int, int, tuple[float, float]]:
         """Return ``(budget, interval, agent LR range)`` of the runs on ``family``."""
@@ -347,6 +361,10 @@ class CompareSpec:
         d["families"] = list(self.families)
         d["grid"] = list(self.grid)
         d["joint_grid"] = list(self.joint_grid)
+        if self.joint_axes is None:
+            del d["joint_axes"]  # comparisons written before the field existed still match
+        else:
+            d["joint_axes"] = [[k, list(v)] for k, v in self.joint_axes]
         d["tuning_cost"] = list(self.tuning_cost)
         return d
 
@@ -475,8 +493,12 @@ def run_cells(
     progress: Callable[[int, int], None] | None = None,
     backend: str = "local",
     address: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the cells not yet cached under ``root``; return all.
+
+    ``stop`` (serial runs only): checked before each cell; once it returns true no further
+    cell starts and only the finished ones are returned.
 
     ``backend="local"`` runs them in ``jobs`` processes of this machine; ``"ray"`` runs each
     as a one-CPU Ray task (on the local instance, or the cluster at ``address`` /
@@ -509,6 +531,8 @@ def run_cells(
         failed = None if lost is None else (todo[lost[0]], lost[1])
     elif jobs <= 1 or len(todo) <= 1:
         for i in todo:
+            if stop is not None and stop():
+                break
             try:
                 res = run_cell(cells[i])
             except Exception as exc:

@@ -14,8 +14,9 @@
 
 Only step 4 touches ``test``, and only to measure settings chosen before it. The baselines
 are tuned on ``DemoSettings.tune_instances`` ``train`` instances over :data:`DEMO_GRID`;
-they do not depend on the agent, so with ``jobs > 1`` their tuning runs in a second process
-during steps 1-3 (training uses one core), and step 4 reads the cached grid runs back.
+they and the untrained schedulers do not depend on the agent, so with ``jobs > 1`` their
+tuning and test runs go on in a second process during steps 1-3 (training uses one core),
+and step 4 reads those cached runs back and runs the rest on every core.
 
 Every stage is cached in the output directory: a second call reuses what is there (an
 interrupted training run is resumed), so nothing already produced is lost or recomputed.
@@ -33,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from metasched.atomic import write_text
-from metasched.distill.compare import TUNED, CompareSpec, compare, parse_scheduler, tune
+from metasched.distill.compare import (
+    TUNED,
+    CompareSpec,
+    SchedulerSpec,
+    compare,
+    parse_scheduler,
+)
 from metasched.errors import ConfigError
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -48,14 +55,24 @@ OPTIONAL_SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
 NMF_PEERS: dict[str, str] = {"prodigy": "prodigyopt", "dadapt": "dadaptation"}
 NOT_ON_NMF: frozenset[str] = frozenset({"schedulefree", "schedulefree-tuned"})
 
-#: The demo's tuning grid: the half-octave multiples 1/2 .. 32 of the reference LR (13 of
-#: the 21 of ``DEFAULT_GRID``; the multiples below 1/2 are far from every NMF optimum and are
-#: left out to keep the demo within its time budget. Tuned values at an edge are flagged).
-DEMO_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in [x / 2 for x in range(-2, 11)])
+#: The demo's tuning grid: the half-octave multiples 1 .. 32 of the reference LR (11 of the 21
+#: of ``DEFAULT_GRID``). The multiples below 1 are far from every NMF optimum (the tuned
+#: constant, cosine and WSD pick 4x, 22.6x and 8x) and are left out to keep the demo within
+#: its time budget; a tuned value at an edge is flagged.
+DEMO_GRID: tuple[float, ...] = tuple(float(2.0 ** (k / 2)) for k in range(11))
 
-#: Start multiples of the joint GreedyLR search (× 4 factors × 4 patiences = 48 points). With
-#: (1, 4) the 40-instance search picked the upper edge (start 4, factor 0.5, patience 0).
+#: Start multiples of the joint GreedyLR search. With (1, 4) the 40-instance search picked the
+#: upper edge (start 4, factor 0.5, patience 0).
 DEMO_JOINT_GRID: tuple[float, ...] = (1.0, 4.0, 16.0)
+
+#: Factor and patience of the demo's joint GreedyLR search (3 × 3 × 3 starts = 27 points on 40
+#: instances; the comparison's default grid adds factor 0.95 and patience 10, the passive
+#: corner, 48 points). On NMF the full grid picks factor 0.5, patience 0 at start 4 — inside
+#: this one, so the smaller grid picks the same and keeps the demo within 10 minutes.
+DEMO_JOINT_AXES: tuple[tuple[str, tuple[float, ...]], ...] = (
+    ("factor", (0.5, 0.7, 0.9)),
+    ("patience", (0, 1, 3)),
+)
 
 #: Tuned labels with the tuning-cost view in the demo (each costs every grid point on every
 #: test instance, 13 × 50 runs for cosine; the others are left out for time:
@@ -79,7 +96,7 @@ class DemoSettings:
         """Return the full settings (sized for under 10 min on 2 idle cores) or quick ones."""
         if quick:
             return cls(12_288, 6_144, 8, 4, 5, 5)
-        return cls(200_000, 20_000, 50, 40, 20, 20)
+        return cls(160_000, 20_000, 50, 40, 20, 20)
 
 
 def _train(run_dir: Path, s: DemoSettings, seed: int, log: Callable[[str], None]) -> None:
@@ -107,33 +124,59 @@ def _train(run_dir: Path, s: DemoSettings, seed: int, log: Callable[[str], None]
     train(cfg, run_dir, progress=True, command=["metasched", "demo"], log=log)
 
 
-def _tune_worker(spec: CompareSpec, labels: list[str], root: Path) -> None:
-    """Tune ``labels`` into ``root`` (in a second process, on one core, while training runs)."""
+def _background_worker(
+    spec: CompareSpec, tuned: list[str], baselines: list[SchedulerSpec], root: Path, stop: Any
+) -> None:
+    """Run the agent-independent cells into ``root`` until ``stop`` is set (one core).
+
+    First the tuning grid of ``tuned`` on ``train``, then the tuning-cost grid and the
+    ``baselines``' runs on ``test`` (at the tuned settings). Each cell is cached atomically
+    as it finishes, and ``stop`` is checked between cells, so stopping loses no finished run.
+    """
     import torch
     from threadpoolctl import threadpool_limits
 
+    from metasched.distill import compare as cmp
+
     threadpool_limits(1)
     torch.set_num_threads(1)
-    tune(spec, labels, root, jobs=1)
+    grid = [
+        c
+        for fam in spec.families
+        for lb in tuned
+        for c in cmp._grid_cells(spec, fam, lb, "train", range(spec.n_tune(fam)), 1)
+    ]
+    cmp.run_cells(grid, root, stop=stop.is_set)
+    if stop.is_set():
+        return
+    tuning = cmp.tune(spec, tuned, root)  # every grid run is cached by now
+    wanted = {k: t for k, t in tuning.items() if t["label"] in spec.tuning_cost}
+    later = cmp.evaluation_cells(spec, baselines, tuning) + cmp.tuning_cost_cells(spec, wanted)
+    cmp.run_cells(later, root, stop=stop.is_set)
 
 
-def _start_tuning(spec: CompareSpec, labels: list[str], root: Path) -> Any:
-    """Start tuning the baselines in a background process; return it (or ``None`` if done).
+def _start_background(
+    spec: CompareSpec, tuned: list[str], baselines: list[SchedulerSpec], root: Path
+) -> tuple[Any, Any]:
+    """Start :func:`_background_worker` in a second process; return ``(process, stop event)``.
 
-    The tuned baselines do not depend on the learned policy, so the demo tunes them on the
-    second core while the agent trains on the first. Every grid run is cached atomically, so
-    the comparison afterwards reads them back (and runs any the process did not finish).
+    The tuned baselines and the untrained schedulers do not depend on the learned policy, so
+    the demo runs their cells on the second core while the agent trains on the first; the
+    comparison afterwards reads them back and runs whatever the process did not reach.
     """
     import multiprocessing as mp
 
-    if (root / "tuning.json").is_file():
-        return None
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    proc = mp.get_context(method).Process(
-        target=_tune_worker, args=(spec, labels, root), name="metasched-demo-tuning", daemon=True
+    ctx = mp.get_context(method)
+    stop = ctx.Event()
+    proc = ctx.Process(
+        target=_background_worker,
+        args=(spec, tuned, baselines, root, stop),
+        name="metasched-demo-baselines",
+        daemon=True,
     )
     proc.start()
-    return proc
+    return proc, stop
 
 
 def run_demo(
@@ -161,12 +204,20 @@ def run_demo(
         tune_instances=s.tune_instances,
         grid=DEMO_GRID,
         joint_grid=DEMO_JOINT_GRID,
+        joint_axes=DEMO_JOINT_AXES,
         tuning_cost=DEMO_TUNING_COST,
     )
     tuned = [lb for lb in TUNED if lb not in NOT_ON_NMF]
-    background = _start_tuning(spec, tuned, root / "compare") if jobs > 1 else None
-    if background is not None:
-        log(f"tuning {', '.join(tuned)} on train in a second process while the agent trains")
+    specs = ["constant", "cosine", "cosine@ref", "constant@ref", "greedy", "greedy-tuned", "probe"]
+    specs += [lb for lb in tuned if lb not in specs]  # e.g. wsd
+    specs += [n for n in OPTIONAL_SEARCH if n in SCHEDULERS]
+    specs += [n for n, mod in NMF_PEERS.items() if n in SCHEDULERS and find_spec(mod)]
+    baselines = [parse_scheduler(x) for x in specs]
+    background = None
+    if jobs > 1 and not (root / "compare" / "summary.csv").is_file():
+        background = _start_background(spec, tuned, baselines, root / "compare")
+        log("running the baselines' tuning and test runs in a second process while the agent "
+            "trains")  # fmt: skip
     try:
         _train(run_dir, s, seed, log)
 
@@ -182,19 +233,12 @@ def run_demo(
         )  # fmt: skip
         write_text(root / "distill.md", d.summary() + "\n")
         log(d.rules_text)
-        if background is not None and background.is_alive():
-            log("waiting for the baseline tuning to finish ...")
-        if background is not None:
-            background.join()  # a failed tuning process is rerun (and reported) by compare
     finally:
-        if background is not None and background.is_alive():
-            background.terminate()
-            background.join()
+        if background is not None:  # stops between two cells: every finished run is kept
+            proc, stop = background
+            stop.set()
+            proc.join()
 
-    specs = ["constant", "cosine", "cosine@ref", "constant@ref", "greedy", "greedy-tuned", "probe"]
-    specs += [lb for lb in tuned if lb not in specs]  # e.g. wsd
-    specs += [n for n in OPTIONAL_SEARCH if n in SCHEDULERS]
-    specs += [n for n, mod in NMF_PEERS.items() if n in SCHEDULERS and find_spec(mod)]
     specs += [f"learned:{policy}", f"rules:{rules}", d.greedy.spec()]
     scheds = [parse_scheduler(x) for x in specs]
     # readable labels in the tables and plots

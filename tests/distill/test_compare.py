@@ -185,3 +185,21 @@ def test_scheduler_specs():
 def test_bad_settings(kw, match):
     with pytest.raises((ValueError, KeyError), match=match):
         CompareSpec(**kw)
+
+
+def test_joint_axes_narrow_the_joint_search_and_are_checked():
+    from metasched.distill.compare import TUNED, CompareSpec
+
+    default = CompareSpec(joint_grid=(1.0, 4.0))
+    assert len(TUNED["greedy-tuned"].points(default)) == 2 * 4 * 4
+    assert "joint_axes" not in default.to_json()  # older comparisons' settings still match
+    spec = CompareSpec(joint_grid=(1.0, 4.0), joint_axes=(("factor", (0.5, 0.9)),))
+    pts = TUNED["greedy-tuned"].points(spec)
+    assert len(pts) == 2 * 2 * 4  # patience keeps its default values
+    assert {p[1]["factor"] for p in pts} == {0.5, 0.9}
+    assert spec.to_json()["joint_axes"] == [["factor", [0.5, 0.9]]]
+    assert TUNED["cosine"].points(spec) == TUNED["cosine"].points(default)
+    with pytest.raises(ConfigError, match="factr"):
+        CompareSpec(joint_axes=(("factr", (0.5,)),))
+    with pytest.raises(ConfigError, match="at least one"):
+        CompareSpec(joint_axes=(("patience", ()),))

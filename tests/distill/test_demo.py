@@ -1,5 +1,6 @@
 """`metasched demo` end to end at a tiny size, and the CLI of compare / plot / distill."""
 
+import csv
 import functools
 
 import pytest
@@ -70,23 +71,46 @@ def test_cli_compare_and_plot(tmp_path, capsys):
     assert (out / "report.md").is_file() and (out / "plots" / "nmf-schedules-1.png").is_file()
 
 
-def test_background_tuning_matches_in_process_and_is_reused(tmp_path, monkeypatch):
-    """The demo tunes the baselines in a second process while training runs; compare reuses them."""
+def _tiny_spec():
+    return CompareSpec(n_instances=2, tune_instances=2, budget=100, interval=50, grid=(1.0, 2.0),
+                       joint_grid=(1.0,), tuning_cost=("cosine",))  # fmt: skip
+
+
+def test_background_cells_equal_in_process_and_are_reused(tmp_path, monkeypatch):
+    """The demo runs the agent-independent cells in a second process; compare reuses them."""
     from metasched.distill import compare as cmp
 
-    spec = CompareSpec(n_instances=1, tune_instances=2, budget=100, interval=50, grid=(1.0, 2.0),
-                       joint_grid=(1.0,))  # fmt: skip
-    labels = ["constant", "cosine"]
-    proc = demo._start_tuning(spec, labels, tmp_path / "bg")
-    assert proc is not None
+    spec = _tiny_spec()
+    scheds = [cmp.parse_scheduler(x) for x in ("constant", "cosine", "cosine@ref", "greedy")]
+    proc, _ = demo._start_background(spec, ["constant", "cosine"], scheds, tmp_path / "bg")
     proc.join(timeout=120)
     assert proc.exitcode == 0
-    expected = cmp.tune(spec, labels, tmp_path / "fg")
+    cmp.compare(spec, scheds, tmp_path / "fg", log=lambda m: None)
 
     def no_new_runs(cell):
         raise AssertionError(f"ran {cell} again")
 
-    monkeypatch.setattr(cmp, "run_cell", no_new_runs)
-    assert cmp.tune(spec, labels, tmp_path / "bg") == expected
-    (tmp_path / "bg" / "tuning.json").write_text("{}")
-    assert demo._start_tuning(spec, labels, tmp_path / "bg") is None  # already tuned
+    monkeypatch.setattr(cmp, "run_cell", no_new_runs)  # every cell was run in the background
+    cmp.compare(spec, scheds, tmp_path / "bg", log=lambda m: None)
+    for name in ("tuning.json", "tuning_cost.csv"):
+        assert (tmp_path / "bg" / name).read_text() == (tmp_path / "fg" / name).read_text(), name
+
+    def runs(root):  # the same runs, but for their wall time
+        with open(root / "results.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
+
+    assert runs(tmp_path / "bg") == runs(tmp_path / "fg")
+
+
+def test_stopped_background_keeps_finished_cells_and_compare_completes(tmp_path):
+    from metasched.distill import compare as cmp
+
+    spec = _tiny_spec()
+    scheds = [cmp.parse_scheduler(x) for x in ("constant", "cosine")]
+    proc, stop = demo._start_background(spec, ["constant", "cosine"], scheds, tmp_path)
+    stop.set()  # as when training ends first: no new cell starts
+    proc.join(timeout=120)
+    assert proc.exitcode == 0
+    assert not list(tmp_path.rglob(".tmp-*"))  # nothing torn
+    cmp.compare(spec, scheds, tmp_path, log=lambda m: None)
+    assert (tmp_path / "summary.csv").is_file()
