@@ -47,13 +47,11 @@ __all__ = ["DemoSettings", "run_demo"]
 #: Search schedulers shown in the demo when they are registered.
 OPTIONAL_SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
 
-#: LR-free peers that run on NMF (projected) and the module each needs. The demo leaves them
-#: out for time (about 1 s a run, 7x a classic schedule; with them the demo takes ~10.5 min on
-#: two cores): ``metasched compare --schedulers prodigy,dadapt`` runs the same 50 problems,
-#: and the README reports them. Schedule-free SGD refuses NMF (its evaluated point is an
-#: extrapolation that the projection cannot keep non-negative), so its tuned row is dropped
-#: from the NMF demo too.
-NMF_PEERS: dict[str, str] = {"prodigy": "prodigyopt", "dadapt": "dadaptation"}
+# The LR-free peers that run on NMF (projected), Prodigy and D-Adaptation, are left out for
+# time (about 1 s a run, 7x a classic schedule; with them the demo takes ~10.5 min on two
+# cores): ``metasched compare --schedulers prodigy,dadapt`` runs the same 50 problems, and the
+# README reports them. Schedule-free SGD refuses NMF (its evaluated point is an extrapolation
+# that the projection cannot keep non-negative), so its tuned row is dropped from the NMF demo.
 NOT_ON_NMF: frozenset[str] = frozenset({"schedulefree", "schedulefree-tuned"})
 
 #: The demo's tuning grid: the half-octave multiples 1 .. 32 of the reference LR (11 of the 21
