@@ -119,6 +119,29 @@ def _init_like_reset(task: TorchTask, generator: np.random.Generator) -> torch.G
     return data_gen
 
 
+def _store_problem(
+    bucket: Any, pos: int, task: ArrayClassificationTask, x_train: torch.Tensor, x_val: torch.Tensor
+) -> None:
+    """Copy a problem's data (inputs as the bucket's model takes them) and settings to ``pos``."""
+    n, nv = len(x_train), len(x_val)
+    for dst, src, count in (
+        (bucket.x, x_train, n),
+        (bucket.y, task.y_train, n),
+        (bucket.xv, x_val, nv),
+        (bucket.yv, task.y_val, nv),
+    ):
+        dst[pos].zero_()
+        dst[pos, :count] = src
+    bucket.vw[pos].zero_()
+    bucket.vw[pos, :nv] = 1.0 / nv
+    bucket.n_train[pos] = n
+    bucket.batch[pos] = task.batch_size
+    bucket.batch_max = max(bucket.batch_max, task.batch_size)
+    bucket.mu[pos] = task.momentum
+    bucket.wd[pos] = task.weight_decay
+    bucket.limit[pos] = np.inf
+
+
 class _MLPBucket:
     """Stacked Linear/ReLU classifiers of one architecture (see the module docstring).
 
@@ -214,23 +237,7 @@ class _MLPBucket:
             ):
                 block[pos] = param
                 buf[pos] = 0.0
-            n, nv = len(task.x_train), len(task.x_val)
-            for dst, src, count in (
-                (self.x, task.x_train, n),
-                (self.y, task.y_train, n),
-                (self.xv, task.x_val, nv),
-                (self.yv, task.y_val, nv),
-            ):
-                dst[pos].zero_()
-                dst[pos, :count] = src
-            self.vw[pos].zero_()
-            self.vw[pos, :nv] = 1.0 / nv
-        self.n_train[pos] = n
-        self.batch[pos] = task.batch_size
-        self.batch_max = max(self.batch_max, task.batch_size)
-        self.mu[pos] = task.momentum
-        self.wd[pos] = task.weight_decay
-        self.limit[pos] = np.inf
+            _store_problem(self, pos, task, task.x_train, task.x_val)
         return pos
 
     def set_limit(self, pos: np.ndarray, limit: np.ndarray) -> None:
@@ -491,22 +498,7 @@ class _CNN1DBucket:
             for block, buf, param in zip(self.p, self.buf, task.params, strict=True):
                 block[pos] = param
                 buf[pos] = 0.0
-            for dst, src, count in (
-                (self.x, task.prepare(task.x_train), n),
-                (self.y, task.y_train, n),
-                (self.xv, task.prepare(task.x_val), nv),
-                (self.yv, task.y_val, nv),
-            ):
-                dst[pos].zero_()
-                dst[pos, :count] = src
-            self.vw[pos].zero_()
-            self.vw[pos, :nv] = 1.0 / nv
-        self.n_train[pos] = n
-        self.batch[pos] = task.batch_size
-        self.batch_max = max(self.batch_max, task.batch_size)
-        self.mu[pos] = task.momentum
-        self.wd[pos] = task.weight_decay
-        self.limit[pos] = np.inf
+            _store_problem(self, pos, task, task.prepare(task.x_train), task.prepare(task.x_val))
         return pos
 
     set_limit = _MLPBucket.set_limit
