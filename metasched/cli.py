@@ -215,6 +215,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrained(args: argparse.Namespace) -> int:
+    from metasched import pretrained
+
+    if args.action == "build":
+        res = pretrained.build(
+            args.out,
+            name=args.name,
+            timesteps=args.timesteps,
+            seed=args.seed,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+        same = {True: "equals", False: "differs from", None: "is not comparable with"}
+        print(
+            f"wrote {res.policy} (checkpoint at {res.info['best_checkpoint_timesteps']:,} "
+            f"timesteps, val mean return {res.info['best_val_mean_return']:+.3f}); digest "
+            f"{res.digest[:16]} {same[res.matches_shipped]} the shipped {args.name!r}"
+        )
+        return 0
+    info = pretrained.pretrained_info(args.name)
+    path = pretrained.pretrained_path(args.name)
+    print(f"{args.name}: {path} ({path.stat().st_size:,} bytes)")
+    for key in ("algo", "env_id", "seed", "n_timesteps", "best_checkpoint_timesteps",
+                "best_val_mean_return", "digest", "command"):
+        print(f"  {key}: {info.get(key)}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -369,6 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "pretrained", help="the learned policies shipped with metasched: show or rebuild one"
+    )
+    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = psub.add_parser("info", help="where the shipped policy is and how it was built")
+    q.add_argument("--name", default="universal", help="shipped policy (default: %(default)s)")
+    q = psub.add_parser(
+        "build", help="train and export the shipped policy from its shipped config"
+    )
+    q.add_argument("--name", default="universal", help="shipped policy (default: %(default)s)")
+    q.add_argument("--out", required=True, help="output directory (run/ and NAME.msched)")
+    q.add_argument(
+        "--timesteps", type=_positive_int, help="training timesteps (default: the config's)"
+    )
+    q.add_argument("--seed", type=int, default=0, help="seed (default: 0, as shipped)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrained)
 
     p = sub.add_parser("plot", help="(re)draw the plots and report of a comparison directory")
     p.add_argument("dir", help="output directory of metasched compare")

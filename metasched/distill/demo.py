@@ -52,6 +52,9 @@ OPTIONAL_SEARCH: tuple[str, ...] = ("pbt", "autolrs", "hypergradient", "sls")
 # cores): ``metasched compare --schedulers prodigy,dadapt`` runs the same 50 problems, and the
 # README reports them. Schedule-free SGD refuses NMF (its evaluated point is an extrapolation
 # that the projection cannot keep non-negative), so its tuned row is dropped from the NMF demo.
+#: Label of the shipped universal policy's row (:mod:`metasched.pretrained`).
+SHIPPED_LABEL = "universal"
+
 NOT_ON_NMF: frozenset[str] = frozenset({"schedulefree", "schedulefree-tuned"})
 
 #: The demo's tuning grid: the half-octave multiples 1 .. 32 of the reference LR (11 of the 21
@@ -211,6 +214,11 @@ def run_demo(
     specs += [lb for lb in tuned if lb not in specs]  # e.g. wsd
     specs += [n for n in OPTIONAL_SEARCH if n in SCHEDULERS]
     baselines = [parse_scheduler(x) for x in specs]
+    # the policy shipped with the package (meta-trained on nmf, mlp and mnist1d), zero-shot:
+    # it does not depend on the demo's agent, so it runs with the baselines
+    from metasched.pretrained import pretrained_path
+
+    baselines.append(SchedulerSpec(SHIPPED_LABEL, "learned", {"path": str(pretrained_path())}))
     background = None
     if jobs > 1 and not (root / "compare" / "summary.csv").is_file():
         background = _start_background(spec, tuned, baselines, root / "compare")
@@ -237,12 +245,14 @@ def run_demo(
             stop.set()
             proc.join()
 
-    specs += [f"learned:{policy}", f"rules:{rules}", d.greedy.spec()]
-    scheds = [parse_scheduler(x) for x in specs]
+    specs = [f"learned:{policy}", f"rules:{rules}", d.greedy.spec()]
     # readable labels in the tables and plots
     names = {f"learned:{policy.stem}": "learned", f"rules:{rules.stem}": "rules",
              d.greedy.spec(): "greedy-distilled"}  # fmt: skip
-    scheds = [type(x)(names.get(x.label, x.label), x.name, x.kwargs) for x in scheds]
+    scheds = baselines + [
+        SchedulerSpec(names.get(x.label, x.label), x.name, x.kwargs)
+        for x in map(parse_scheduler, specs)
+    ]
     log(f"[4/4] comparing {len(scheds)} schedulers on {s.n_instances} held-out NMF instances")
     cmp_dir = compare(spec, scheds, root / "compare", jobs=jobs, log=lambda m: log("  " + m),
                       progress=True)  # fmt: skip

@@ -85,20 +85,39 @@ class LearnedScheduler(Scheduler):
     needs_budget = True  # the observation holds the fraction of the run used
     needs_grad_norm: ClassVar[bool] = True
 
-    def __init__(self, *, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        pretrained: str | None = None,
+    ) -> None:
         super().__init__()
+        if path is not None and pretrained is not None:
+            raise ConfigError(f"scheduler {self.name!r} takes path= or pretrained=, not both")
         if path is None:
-            raise ConfigError(
-                f"scheduler {self.name!r} needs path=<{self._file_kind}>"
-            )
+            if not self._has_pretrained:
+                raise ConfigError(f"scheduler {self.name!r} needs path=<{self._file_kind}>")
+            from metasched.pretrained import DEFAULT, pretrained_path
+
+            pretrained = DEFAULT if pretrained is None else pretrained
+            path = pretrained_path(pretrained)
+        elif pretrained is not None:  # pragma: no cover - excluded above
+            raise AssertionError
         try:
             where = os.fspath(path)
         except TypeError:
             raise ConfigError(f"path must be a file path, got {path!r}") from None
         self.policy = self._load_policy(where)
         self._configure(self.policy.header, where)
-        self._set_config(path=where)
+        if pretrained is None:
+            self._set_config(path=where)
+        else:
+            self._set_config(pretrained=pretrained)
+        self._source = where if pretrained is None else f"the pretrained {pretrained!r}"
         self._clear()
+
+    #: Whether ``path=None`` loads a policy shipped with the package (the universal one).
+    _has_pretrained: ClassVar[bool] = True
 
     _file_kind: ClassVar[str] = "an exported .msched policy file"
 
@@ -131,11 +150,34 @@ class LearnedScheduler(Scheduler):
         self.lr_range = (lo, hi)
         self.init_lr = init_lr
         self.decision_interval: int | None = int(header["decision_interval"])
+        #: the clip mode of the training env (``"none"`` when the header has none)
+        self.trained_clip = str(kwargs.get("clip", "none"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LearnedScheduler:
         """Build the scheduler of the policy file ``path``."""
         return cls(path=path)
+
+    @classmethod
+    def pretrained(cls, name: str = "universal") -> LearnedScheduler:
+        """Build the scheduler of a policy shipped with metasched (see :mod:`metasched.pretrained`).
+
+        ``universal`` (the default) was meta-trained on the nmf, mlp and mnist1d families and
+        is the one ``make_scheduler("learned")`` and ``TorchLRScheduler(opt, "learned")`` load.
+        """
+        return cls(pretrained=name)
+
+    @property
+    def decisions_per_run(self) -> int | None:
+        """Decisions per episode of the env the policy was trained on (budget / interval).
+
+        ``None`` when the file's header does not record the env's budget.
+        """
+        kwargs = self.policy.header["env_kwargs"]
+        try:
+            return max(1, int(kwargs["budget"]) // int(kwargs["steps_per_action"]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
 
     #: When a list, every decision appends ``(observation, action)`` to it (distillation).
     recorder: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -230,7 +272,7 @@ class LearnedScheduler(Scheduler):
     def _set_state(self, state: dict[str, Any]) -> None:
         if state.get("policy_checksum") != self.policy.checksum:
             raise ValueError(
-                f"state_dict was saved with a different policy than {self.config['path']!r} "
+                f"state_dict was saved with a different policy than {self._source} "
                 "(checksums differ)"
             )
         self._lr_arr = np.array([decode_float(state["lr"])])

@@ -28,7 +28,7 @@ import numpy as np
 
 from metasched.actions import ACTION_MODES, DISCRETE_FACTORS
 from metasched.atomic import atomic_open
-from metasched.errors import ExportError
+from metasched.errors import ConfigError, ExportError
 from metasched.features import FEATURE_NAMES
 from metasched.schedulers.base import register
 from metasched.schedulers.learned import LearnedScheduler
@@ -105,6 +105,18 @@ class RulesScheduler(LearnedScheduler):
 
     name = "rules"
     _file_kind: ClassVar[str] = "a rules file written by metasched distill"
+    _has_pretrained: ClassVar[bool] = False
+
+    def __init__(self, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(path=path)
+
+    @classmethod
+    def pretrained(cls, name: str = "universal") -> RulesScheduler:
+        """Rules are distilled by the user: none ship (raises :class:`ConfigError`)."""
+        raise ConfigError(
+            f"no rules ship with metasched (asked for {name!r}); distil them from a policy "
+            "with 'metasched distill'"
+        )
 
     def _load_policy(self, where: str) -> TreePolicy:
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -154,7 +155,9 @@ class TorchLRScheduler(LRScheduler):
             exponential with ``gamma``, cyclic with an int ``half_cycle``) and reactive ones
             (greedy) run without it, like torch's ``StepLR`` or ``ExponentialLR``.
         interval: optimizer steps per scheduler decision (default: the scheduler's own
-            ``decision_interval``, e.g. the one a learned policy was trained with, else 1).
+            ``decision_interval``, else 1; for a learned policy given ``total_steps``,
+            ``total_steps`` divided by the decisions per episode of its training env, so
+            it makes as many decisions per run as it was trained to).
         grad_norm_every: for schedulers that read the gradient norm, measure it on every
             k-th optimizer step of each interval (its first step included) instead of on
             all of them (default 1: every step, as the envs do). The norm is one pass over
@@ -287,10 +290,25 @@ class TorchLRScheduler(LRScheduler):
                 "length of the run: pass total_steps=<number of optimizer steps>"
                 + (f", or give {hint}" if hint else "")
             )
+        trained_clip = getattr(scheduler, "trained_clip", "none")
+        if clip == "none" and trained_clip != "none":
+            warnings.warn(
+                f"{scheduler!r} was trained with its LR clipped at a stability bound "
+                f"(clip={trained_clip!r}) and sees log(lr / bound) among its features; "
+                "without clip='auto' (and loss_fn=...) it runs outside what it was trained on "
+                "and can diverge",
+                UserWarning,
+                stacklevel=2,
+            )
         self.scheduler = scheduler
         self.total_steps = total_steps
         if interval is None:
             interval = scheduler.decision_interval or 1
+            per_run = getattr(scheduler, "decisions_per_run", None)
+            if per_run and total_steps is not None:
+                # a learned policy decides as often per run as in its env (every family's
+                # env has 20 decisions per episode), whatever the run's length
+                interval = max(1, round(total_steps / per_run))
         self.interval = check_int("interval", interval, minimum=1)
         self.grad_norm_every = check_int("grad_norm_every", grad_norm_every, minimum=1)
         self.clip = clip

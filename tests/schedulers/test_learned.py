@@ -236,8 +236,13 @@ def test_plain_torch_loop_and_mid_run_resume(trained, name):
     total, cut = 500, 130  # the cut falls inside a decision interval
     X, y, model = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sched = TorchLRScheduler(opt, LearnedScheduler.load(path), total_steps=total)
-    assert sched.interval == 50  # the policy's decision interval
+    policy = LearnedScheduler.load(path)
+    with pytest.warns(UserWarning, match="clip='auto'"):  # trained with the clip, run without
+        default = TorchLRScheduler(opt, policy, total_steps=total)
+    # by default as many decisions per run as in its env; here the env's own interval
+    assert default.interval == round(total / policy.decisions_per_run) != 50
+    with pytest.warns(UserWarning):
+        sched = TorchLRScheduler(opt, LearnedScheduler.load(path), total_steps=total, interval=50)
     lrs = _train(model, opt, sched, X, y, cut)
     snap_model, snap_opt = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
     blob = json.dumps(sched.state_dict(), allow_nan=False)
@@ -251,7 +256,8 @@ def test_plain_torch_loop_and_mid_run_resume(trained, name):
 
     opt2 = torch.optim.SGD(snap_model.parameters(), lr=0.05)
     opt2.load_state_dict(snap_opt)
-    fresh = TorchLRScheduler(opt2, "learned", path=str(path), total_steps=total)
+    with pytest.warns(UserWarning):
+        fresh = TorchLRScheduler(opt2, "learned", path=str(path), total_steps=total, interval=50)
     fresh.load_state_dict(json.loads(blob))
     assert _train(snap_model, opt2, fresh, X, y, total - cut, start=cut) == lrs[cut:]
 
@@ -293,8 +299,7 @@ def test_registry_flags_and_errors(trained, tmp_path):
     missing = tmp_path / "missing.msched"
     with pytest.raises(ExportError, match=f"{missing}.*no such file"):
         make_scheduler("learned", path=str(missing))
-    with pytest.raises(ConfigError, match="needs path"):
-        make_scheduler("learned")
+    assert make_scheduler("learned").config == {"pretrained": "universal"}  # the shipped one
     with pytest.raises(ConfigError, match="total_steps"):
         TorchLRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), s)
     # a state saved with another policy is refused
