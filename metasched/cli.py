@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--schedulers",
         default="constant,cosine,cosine@ref,constant@ref,greedy,greedy-tuned,probe",
-        help="comma-separated: NAME, NAME:key=value,key=value, learned:FILE, rules:FILE",
+        help="comma-separated: NAME, NAME:key=value,key=value, learned:FILE, "
+        "learned:universal (the shipped policy), rules:FILE",
     )
     p.add_argument(
         "--budget", type=_positive_int, help="main-line inner steps (default: the family's env)"

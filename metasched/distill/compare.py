@@ -184,6 +184,9 @@ def _parse_value(text: str) -> Any:
 def parse_scheduler(text: str) -> SchedulerSpec:
     """Parse ``NAME``, ``NAME:key=value,key=value``, ``learned:PATH`` or ``rules:PATH``.
 
+    ``learned:universal`` (when no file of that name exists) is the policy shipped with
+    metasched (:mod:`metasched.pretrained`).
+
     ``greedy-tuned`` is GreedyLR with tuned start LR, factor and patience; ``NAME@ref`` runs
     ``NAME`` at the reference LR. Unknown names and options raise with the closest valid
     choice.
@@ -200,6 +203,11 @@ def parse_scheduler(text: str) -> SchedulerSpec:
         if not rest:
             raise ConfigError(f"scheduler {name!r} needs a file: {name}:PATH")
         path = os.path.abspath(rest)
+        if name == "learned" and not os.path.isfile(path):
+            from metasched.pretrained import PRETRAINED, pretrained_path
+
+            if rest in PRETRAINED:  # learned:universal, the policy shipped with metasched
+                path = os.fspath(pretrained_path(rest))
         if not os.path.isfile(path):
             raise ConfigError(f"{name} file not found: {rest!r}")
         return SchedulerSpec(f"{name}:{Path(rest).stem}", name, {"path": path})

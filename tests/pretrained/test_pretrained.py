@@ -172,3 +172,16 @@ def test_cli_info_and_errors(tmp_path, capsys):
     assert err.count("\n") == 1 and "'nope'" in err
     assert main(["pretrained", "build", "--out", str(tmp_path / "x"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_compare_names_the_shipped_policy(tmp_path, monkeypatch):
+    from metasched.distill.compare import parse_scheduler
+
+    spec = parse_scheduler("learned:universal")
+    assert spec.label == "learned:universal" and spec.name == "learned"
+    assert spec.kwargs["path"] == str(pretrained.pretrained_path())
+    monkeypatch.chdir(tmp_path)  # a file of that name wins
+    (tmp_path / "universal").write_bytes(pretrained.pretrained_path().read_bytes())
+    assert parse_scheduler("learned:universal").kwargs["path"] == str(tmp_path / "universal")
+    with pytest.raises(ConfigError, match="not found"):
+        parse_scheduler("learned:universl")
