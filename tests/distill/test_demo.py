@@ -35,6 +35,9 @@ def test_demo_pipeline_end_to_end_and_rerun(tiny, tmp_path, capsys):
               "compare/plots/nmf-tuning-curves.png", "compare/plots/nmf-tuning-cost.png",
               "compare/tuning.csv", "compare/tuning_cost.csv"):  # fmt: skip
         assert (tmp_path / f).is_file(), f
+    # the shipped universal policy runs beside the demo's own, which stays the reference
+    assert "| universal |" in text
+    assert "the learned policy (`learned`) and the `@ref` rows need no tuning runs" in text
     # every image the report links exists
     import re
 
