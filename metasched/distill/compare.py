@@ -44,6 +44,7 @@ a directory holding a comparison with other settings is refused rather than mixe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -398,8 +399,15 @@ class Cell:
     role: str = "run"  # "tune" (a grid point on train), "grid" (on the evaluated split), "run"
 
     def key(self) -> dict[str, Any]:
-        """Return what identifies the run (stored with its result, checked on resume)."""
-        return asdict(self)
+        """Return what identifies the run (stored with its result, checked on resume).
+
+        A policy or rules file is identified by its content too (``file_sha256``): a
+        re-exported file under the same path does not reuse the old file's runs.
+        """
+        out = asdict(self)
+        if self.name in _PATH_SCHEDULERS and "path" in self.kwargs:
+            out["file_sha256"] = _file_sha256(str(self.kwargs["path"]), self.name)
+        return out
 
     def path(self, root: Path) -> Path:
         """Cache file of the run under ``root`` (grid points apart from evaluated runs)."""
@@ -410,6 +418,46 @@ class Cell:
             )
             return root / "cells" / self.role / _slug(self.label) / _slug(point) / name
         return root / "cells" / "runs" / _slug(self.label) / name
+
+
+def _file_sha256(path: str, name: str) -> str:
+    """Fingerprint of a policy or rules file, cached per (path, size, mtime).
+
+    A policy file's is :func:`metasched.pretrained.policy_digest` and a rules file's hashes
+    its tree and header: what changes the actions, not the export time, so re-exporting the
+    same checkpoint keeps its cached runs. Anything else hashes its bytes; ``""`` when the
+    file is unreadable.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return _sha256_cached(path, name, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, name: str, size: int, mtime_ns: int) -> str:
+    if name == "learned":
+        from metasched.pretrained import policy_digest
+
+        try:
+            return policy_digest(path)
+        except MetaschedError:
+            pass  # not a valid policy: its bytes identify it (loading it will fail anyway)
+    elif name == "rules":  # the tree and what it reads, not the source policy's export time
+        from metasched.policyfile import canonical_json
+
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            return hashlib.sha256(
+                canonical_json({"header": doc["header"], "tree": doc["tree"]})
+            ).hexdigest()
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _slug(text: str) -> str:
@@ -439,7 +487,8 @@ def _family(name: str, seed: int) -> TaskFamily:
 def _scheduler(cell: Cell, lr_ref: float) -> Scheduler:
     kwargs = _with_bounds(cell.name, cell.kwargs, lr_ref, cell.lr_range)
     if cell.name in _PATH_SCHEDULERS:  # load each policy file once per process
-        key = json.dumps([cell.name, kwargs], sort_keys=True)
+        key = json.dumps([cell.name, kwargs, _file_sha256(str(kwargs.get("path")), cell.name)],
+                         sort_keys=True)  # fmt: skip
         if key not in _PROTOTYPES:
             _PROTOTYPES[key] = make_scheduler(cell.name, **kwargs)
         import copy
@@ -480,7 +529,16 @@ def _load_cell(cell: Cell, root: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None  # a torn file from a crash outside the atomic write: rerun it
-    if data.get("cell") != json.loads(json.dumps(cell.key())):
+    want = json.loads(json.dumps(cell.key()))
+    stored = data.get("cell")
+    if isinstance(stored, dict) and "file_sha256" in want and stored.get(
+        "file_sha256"
+    ) != want["file_sha256"]:
+        if {k: v for k, v in stored.items() if k != "file_sha256"} == {
+            k: v for k, v in want.items() if k != "file_sha256"
+        }:
+            return None  # the policy file changed (or an older cache): run it again
+    if stored != want:
         raise ConfigError(
             f"{path} holds a run with other settings; use another output directory"
         )

@@ -203,3 +203,40 @@ def test_joint_axes_narrow_the_joint_search_and_are_checked():
         CompareSpec(joint_axes=(("factr", (0.5,)),))
     with pytest.raises(ConfigError, match="at least one"):
         CompareSpec(joint_axes=(("patience", ()),))
+
+
+def test_a_reexported_policy_file_does_not_reuse_the_old_runs(tmp_path):
+    """Cached learned runs are tied to the policy file's content, not just its path."""
+    import shutil
+
+    from metasched.distill.compare import CompareSpec, compare, parse_scheduler
+    from metasched.distill.results import read_results
+    from metasched.pretrained import pretrained_path
+
+    policy = tmp_path / "policy.msched"
+    shutil.copy(pretrained_path(), policy)
+    spec = CompareSpec(n_instances=2, budget=200, interval=50, tune_instances=1, grid=(1.0,))
+    scheds = [parse_scheduler(f"learned:{policy}"), parse_scheduler("constant@ref")]
+    out = tmp_path / "cmp"
+    compare(spec, scheds, out, log=lambda m: None)
+    first = {r["instance"]: r["final_loss"] for r in read_results(out)
+             if r["scheduler"] == "learned:policy"}
+    # the same file again: every run is reused
+    compare(spec, scheds, out, log=lambda m: None)
+    # another policy under the same path: its runs are run again, not read from the cache
+    import torch
+
+    from metasched.features import FEATURE_NAMES, N_FEATURES
+    from metasched.policyfile import minimal_header, write_policy
+
+    h = minimal_header(input_dim=N_FEATURES, action_mode="discrete3")
+    h["observation"]["names"] = list(FEATURE_NAMES)
+    h["env_kwargs"] = {"action": "discrete3", "lr_range": [1e-3, 1e3], "init_lr": 1.0}
+    h["decision_interval"] = 50
+    h["network"]["layers"] = [{"type": "linear", "weight": "w", "bias": "b"}]
+    always_double = {"w": torch.zeros(3, N_FEATURES), "b": torch.tensor([0.0, 0.0, 1.0])}
+    write_policy(policy, always_double, h)
+    compare(spec, scheds, out, log=lambda m: None)
+    again = {r["instance"]: r["final_loss"] for r in read_results(out)
+             if r["scheduler"] == "learned:policy"}
+    assert again.keys() == first.keys() and again != first
