@@ -73,9 +73,11 @@ class LearnedScheduler(Scheduler):
 
     Args:
         path: the ``.msched`` policy file (loaded in the constructor; no pickle, no SB3).
+        pretrained: the name of a policy shipped with metasched instead
+            (:mod:`metasched.pretrained`); with neither, the shipped ``universal`` one.
 
     Raises:
-        ConfigError: when no ``path`` is given.
+        ConfigError: when both ``path`` and ``pretrained`` are given.
         ExportError: when the file is missing, corrupt or not a policy over metasched's
             LR-control observations.
     """
@@ -101,8 +103,6 @@ class LearnedScheduler(Scheduler):
 
             pretrained = DEFAULT if pretrained is None else pretrained
             path = pretrained_path(pretrained)
-        elif pretrained is not None:  # pragma: no cover - excluded above
-            raise AssertionError
         try:
             where = os.fspath(path)
         except TypeError:
