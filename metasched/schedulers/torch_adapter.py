@@ -222,8 +222,10 @@ class TorchLRScheduler(LRScheduler):
         >>> sched.bound_cost_steps > 0
         True
 
-    Schedulers that fork training themselves (``probe``) cannot run inside a plain loop;
-    use :func:`metasched.schedulers.run_schedule` on an inner task.
+    Schedulers that drive training themselves (``probe``, ``pbt``, ``autolrs``, ``sls``,
+    ``hypergradient``) cannot run inside a plain loop; use
+    :func:`metasched.schedulers.run_schedule` on an inner task. The LR-free peers
+    (``prodigy``, ``dadapt``, ``schedulefree``) are optimizers: use the package's optimizer.
 
     The gradient norm of the signal is, as in the envs' inner tasks, the root mean square
     over the interval's steps of the global L2 norm of all gradients (read after each
@@ -277,9 +279,17 @@ class TorchLRScheduler(LRScheduler):
         if not isinstance(scheduler, Scheduler):
             raise TypeError(f"scheduler must be a Scheduler or a name, got {scheduler!r}")
         if scheduler.drives_training:
+            optimizer_path = getattr(scheduler, "optimizer_path", None)
+            if optimizer_path:  # an LR-free optimizer, not a schedule
+                raise ConfigError(
+                    f"{scheduler.name!r} is the optimizer {'.'.join(optimizer_path)}, not an "
+                    "LR schedule: use that optimizer in your loop (or "
+                    "metasched.schedulers.run_schedule on an inner task)"
+                )
             raise ConfigError(
-                f"{scheduler.name!r} forks training and cannot run inside a plain loop; "
-                "use metasched.schedulers.run_schedule on an inner task"
+                f"{scheduler.name!r} drives training itself (forks, a population or its own "
+                "update rule) and cannot run inside a plain loop; use "
+                "metasched.schedulers.run_schedule on an inner task"
             )
         if total_steps is not None:
             total_steps = check_int("total_steps", total_steps, minimum=1)

@@ -138,8 +138,10 @@ def test_scheduler_instance_and_tensor_loss_accepted():
 def test_errors_are_clear():
     _X, _y, model = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ConfigError, match="forks training"):
+    with pytest.raises(ConfigError, match="drives training itself"):
         TorchLRScheduler(opt, "probe")
+    with pytest.raises(ConfigError, match=r"optimizer prodigyopt\.Prodigy, not an LR schedule"):
+        TorchLRScheduler(opt, "prodigy")
     with pytest.raises(ConfigError, match="total_steps"):
         TorchLRScheduler(opt, "cosine")
     with pytest.raises(ConfigError, match="did you mean"):
