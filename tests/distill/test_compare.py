@@ -205,7 +205,7 @@ def test_joint_axes_narrow_the_joint_search_and_are_checked():
         CompareSpec(joint_axes=(("patience", ()),))
 
 
-def test_a_reexported_policy_file_does_not_reuse_the_old_runs(tmp_path):
+def test_a_reexported_policy_file_does_not_reuse_the_old_runs(tmp_path, fixed_action_policy):
     """Cached learned runs are tied to the policy file's content, not just its path."""
     import shutil
 
@@ -224,18 +224,7 @@ def test_a_reexported_policy_file_does_not_reuse_the_old_runs(tmp_path):
     # the same file again: every run is reused
     compare(spec, scheds, out, log=lambda m: None)
     # another policy under the same path: its runs are run again, not read from the cache
-    import torch
-
-    from metasched.features import FEATURE_NAMES, N_FEATURES
-    from metasched.policyfile import minimal_header, write_policy
-
-    h = minimal_header(input_dim=N_FEATURES, action_mode="discrete3")
-    h["observation"]["names"] = list(FEATURE_NAMES)
-    h["env_kwargs"] = {"action": "discrete3", "lr_range": [1e-3, 1e3], "init_lr": 1.0}
-    h["decision_interval"] = 50
-    h["network"]["layers"] = [{"type": "linear", "weight": "w", "bias": "b"}]
-    always_double = {"w": torch.zeros(3, N_FEATURES), "b": torch.tensor([0.0, 0.0, 1.0])}
-    write_policy(policy, always_double, h)
+    shutil.copy(fixed_action_policy(2, lr_range=(1e-3, 1e3)), policy)  # always double
     compare(spec, scheds, out, log=lambda m: None)
     again = {r["instance"]: r["final_loss"] for r in read_results(out)
              if r["scheduler"] == "learned:policy"}
