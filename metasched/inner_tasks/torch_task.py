@@ -661,6 +661,30 @@ class ArrayClassificationTask(TorchTask):
         self._setup()
         self._plain_mlp = is_plain_mlp(self)
 
+    def to_float64(self) -> ArrayClassificationTask:
+        """Turn this task into float64 in place (autograd path) and return it.
+
+        The model, the inputs and later initialisations become float64, with parameters
+        still drawn in float32 and then widened, so a float64 copy starts from the same
+        weights as the float32 task: the reference the stacked and batched computations are
+        checked against.
+        """
+        self.model.double()
+        self.x_train = self.x_train.double()
+        self.x_val = self.x_val.double()
+        self._setup()
+        self._plain_mlp = False  # autograd, not the hand-written backprop: the reference
+        draw = self.init_parameter
+
+        def init_parameter(name: str, param: torch.Tensor, gen: torch.Generator) -> None:
+            tmp = torch.empty(param.shape, dtype=torch.float32)
+            draw(name, tmp, gen)
+            with torch.no_grad():
+                param.copy_(tmp)
+
+        self.init_parameter = init_parameter  # type: ignore[method-assign]
+        return self
+
     def batches_per_epoch(self) -> float:
         """Return training-set size over minibatch size."""
         return len(self.x_train) / self.batch_size

@@ -18,25 +18,6 @@ SMALL = {"budget": 120, "steps_per_action": 20}
 MNIST1D_SMALL = {"family_kwargs": {"train_sizes": [2000]}}
 
 
-def as_float64(task):
-    """Turn a classification task into a float64 copy (autograd path), drawn as in float32."""
-    task.model.double()
-    task.x_train = task.x_train.double()
-    task.x_val = task.x_val.double()
-    task._setup()
-    task._plain_mlp = False
-    original = task.init_parameter
-
-    def init_parameter(name, param, gen):
-        tmp = torch.empty(param.shape, dtype=torch.float32)
-        original(name, tmp, gen)
-        with torch.no_grad():
-            param.copy_(tmp)
-
-    task.init_parameter = init_parameter
-    return task
-
-
 class Float64Family(TaskFamily):
     """A registered family whose network instances train in float64 (the reference)."""
 
@@ -52,7 +33,7 @@ class Float64Family(TaskFamily):
 
     def make_task(self, config, **kwargs):
         task = self.inner.make_task(config, **kwargs)
-        return as_float64(task) if isinstance(task, ArrayClassificationTask) else task
+        return task.to_float64() if isinstance(task, ArrayClassificationTask) else task
 
 
 def slot_vs_single(

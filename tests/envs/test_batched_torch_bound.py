@@ -20,25 +20,6 @@ SMALL = {"budget": 240, "steps_per_action": 20}
 MNIST1D_SMALL = {"train_sizes": [2000]}
 
 
-def as_float64(task):
-    """A float64 copy of a classification task, initialised as in float32."""
-    task.model.double()
-    task.x_train = task.x_train.double()
-    task.x_val = task.x_val.double()
-    task._setup()
-    task._plain_mlp = False
-    original = task.init_parameter
-
-    def init_parameter(name, param, gen):
-        tmp = torch.empty(param.shape, dtype=torch.float32)
-        original(name, tmp, gen)
-        with torch.no_grad():
-            param.copy_(tmp)
-
-    task.init_parameter = init_parameter
-    return task
-
-
 class MeasuredFamily(TaskFamily):
     """A family whose network instances train in float64 and measure their bound.
 
@@ -60,7 +41,7 @@ class MeasuredFamily(TaskFamily):
     def make_task(self, config, **kwargs):
         task = self.inner.make_task(config, **kwargs)
         if isinstance(task, ArrayClassificationTask):
-            task = as_float64(task)
+            task = task.to_float64()
         if isinstance(task, TorchTask):
             task.stability = ForkTestEstimator.for_interval(self.steps_per_action)
         return task

@@ -21,25 +21,6 @@ from metasched.stability import ForkTestEstimator
 MNIST1D_SMALL = {"train_sizes": [2000]}
 
 
-def as_float64(task):
-    """A float64 copy of a classification task, initialised as in float32."""
-    task.model.double()
-    task.x_train = task.x_train.double()
-    task.x_val = task.x_val.double()
-    task._setup()
-    task._plain_mlp = False
-    original = task.init_parameter
-
-    def init_parameter(name, param, gen):
-        tmp = torch.empty(param.shape, dtype=torch.float32)
-        original(name, tmp, gen)
-        with torch.no_grad():
-            param.copy_(tmp)
-
-    task.init_parameter = init_parameter
-    return task
-
-
 def stacked_and_singles(family, n, dtype, every, **family_kwargs):
     fam = make_family(family, 0, **family_kwargs)
     est = ForkTestEstimator.for_interval(40, every=every)
@@ -50,7 +31,7 @@ def stacked_and_singles(family, n, dtype, every, **family_kwargs):
         nets.load(i, fam.make_task(cfg), np.random.default_rng(i))
         task = fam.make_task(cfg)
         if dtype == torch.float64:
-            task = as_float64(task)
+            task = task.to_float64()
         task.reset(np.random.default_rng(i))
         task.stability = ForkTestEstimator.for_interval(40, every=every)
         singles.append(task)
