@@ -72,6 +72,7 @@ __all__ = [
     "make_estimator",
     "momentum_factor",
     "power_top_eigenvalue",
+    "search_half_octaves",
     "sgd_stability_limit",
     "supports_curvature",
 ]
@@ -374,6 +375,44 @@ class StabilityEstimator:
         return torch.randn(dim, generator=self._gen, dtype=torch.float64).to(dtype)
 
 
+def search_half_octaves(
+    passes: Callable[[float], tuple[bool, int]],
+    anchor: float,
+    k: int | None,
+    max_up: int,
+    max_up_cold: int,
+) -> tuple[int, bool, int]:
+    """Search the half-octave grid ``anchor * 2 ** (k / 2)`` for the largest stable LR (fork tests).
+
+    Starts at the previous result ``k`` (``None``: a cold start at ``k = 0``); if that LR
+    passes, climbs at most ``max_up`` (cold: ``max_up_cold``) half-octaves while the next
+    one passes, else steps down until one passes (at most to ``k = -40``). ``passes(lr)``
+    returns whether the fork at ``lr`` stayed stable and the steps it spent.
+
+    Returns:
+        ``(k, found, spent)``: the grid index reached, whether an LR passed, and the steps
+        of every fork run.
+    """
+    climbs = max_up if k is not None else max_up_cold
+    k = 0 if k is None else k
+    ok, spent = passes(anchor * 2 ** (k / 2))
+    if ok:
+        for _ in range(climbs):
+            up, n = passes(anchor * 2 ** ((k + 1) / 2))
+            spent += n
+            if not up:
+                break
+            k += 1
+    else:
+        while k > -40:
+            k -= 1
+            ok, n = passes(anchor * 2 ** (k / 2))
+            spent += n
+            if ok:
+                break
+    return k, ok, spent
+
+
 class ForkTestEstimator:
     """The largest LR on a half-octave grid at which a short fork of SGD does not blow up.
 
@@ -467,25 +506,11 @@ class ForkTestEstimator:
         anchor = self.anchor if self.anchor is not None else float(task.default_lr())
         snap = task.snapshot()
         base = np.asarray(task.train(self.steps, 0.0).losses, dtype=np.float64)
-        climbs = self.max_up if self._k is not None else self.max_up_cold
-        k = 0 if self._k is None else self._k
-        spent = len(base)
-        ok, n = self._passes(task, snap, anchor * 2 ** (k / 2), base)
-        spent += n
-        if ok:
-            for _ in range(climbs):
-                up, n = self._passes(task, snap, anchor * 2 ** ((k + 1) / 2), base)
-                spent += n
-                if not up:
-                    break
-                k += 1
-        else:
-            while k > -40:
-                k -= 1
-                ok, n = self._passes(task, snap, anchor * 2 ** (k / 2), base)
-                spent += n
-                if ok:
-                    break
+        k, ok, spent = search_half_octaves(
+            lambda lr: self._passes(task, snap, lr, base),
+            anchor, self._k, self.max_up, self.max_up_cold,
+        )  # fmt: skip
+        spent += len(base)
         task.restore(snap)
         self._k = k
         bound = anchor * 2 ** (k / 2) if ok or k > -40 else 0.0

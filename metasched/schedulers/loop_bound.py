@@ -46,6 +46,7 @@ import torch
 from torch.optim import Optimizer
 
 from metasched.schedulers.base import check_int
+from metasched.stability import search_half_octaves
 
 __all__ = ["ClosureForkTest"]
 
@@ -171,25 +172,11 @@ class ClosureForkTest:
         anchor = self.anchor
         try:
             base = self._reference(batches)
-            spent = len(batches)
-            climbs = self.max_up if self.k is not None else self.max_up_cold
-            k = 0 if self.k is None else self.k
-            ok, n = self._passes(snap, anchor * 2 ** (k / 2), batches, base)
-            spent += n
-            if ok:
-                for _ in range(climbs):
-                    up, n = self._passes(snap, anchor * 2 ** ((k + 1) / 2), batches, base)
-                    spent += n
-                    if not up:
-                        break
-                    k += 1
-            else:
-                while k > -40:
-                    k -= 1
-                    ok, n = self._passes(snap, anchor * 2 ** (k / 2), batches, base)
-                    spent += n
-                    if ok:
-                        break
+            k, ok, spent = search_half_octaves(
+                lambda lr: self._passes(snap, lr, batches, base),
+                anchor, self.k, self.max_up, self.max_up_cold,
+            )  # fmt: skip
+            spent += len(batches)
         finally:
             self._restore(snap)
         self.k = k
