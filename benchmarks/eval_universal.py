@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_universal.py --out DIR
         [--policy FILE ...] [--families nmf mlp mnist1d fashion charlm] [--jobs 2] [--quick]
+        [--split test|val]
 
 Every family is one ``metasched compare`` in ``DIR/<family>`` (resumable; adding a policy to a
 finished family runs only the new cells) on its ``test`` split, with:
@@ -19,6 +20,10 @@ strict win rate (better by more than 0.5%) against ``cosine@ref``; the median's 
 cosine and tuned WSD, with a paired bootstrap 95% CI over instances of
 ``median(policy) / median(baseline) - 1``; and the tuning runs cosine needs to match. Nothing
 is chosen on ``test``: the grids, instance counts and the policy are fixed beforehand.
+
+``--split val`` runs the same table on ``val`` instances instead, without the tuning-cost
+view: that is the one to choose between training recipes or policies with (then report the
+chosen one on ``test``).
 
 Instance counts and grids per family (:data:`SETTINGS`) follow what one CPU core affords:
 a run costs about 0.1 s on nmf, 0.4 s on mlp, 2 s on mnist1d, 5 s on fashion and 13 s on
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--split", default="test", choices=("test", "val"))
     args = ap.parse_args(argv)
     if not args.policy:
         from metasched.pretrained import pretrained_path
@@ -178,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         n, tune_n, grid = settings[fam]
         spec = CompareSpec(
             families=(fam,),
+            split=args.split,
             n_instances=n,
             tune_instances=tune_n,
             grid=tuple(float(g) for g in grid),
-            tuning_cost=("cosine",),
+            tuning_cost=("cosine",) if args.split == "test" else (),
         )
         scheds = [parse_scheduler(b) for b in BASELINES] + policies
         root = args.out / fam
@@ -189,15 +196,20 @@ def main(argv: list[str] | None = None) -> int:
         rows += [(p.label, fam, quality(root, fam, p.label)) for p in policies]
     md = table(rows)
     verdict = {f"{lb}/{fam}": verdicts(q, fam) for lb, fam, q in rows}
-    md += "\nBars met (✓) or missed (✗):\n\n" + "\n".join(
-        f"- {key}: " + ", ".join(f"{k} {'✓' if ok else '✗'}" for k, ok in v.items())
-        for key, v in verdict.items()
-    ) + "\n"
+    md += (
+        "\nBars met (✓) or missed (✗):\n\n"
+        + "\n".join(
+            f"- {key}: " + ", ".join(f"{k} {'✓' if ok else '✗'}" for k, ok in v.items())
+            for key, v in verdict.items()
+        )
+        + "\n"
+    )
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.md").write_text(md)
-    payload = [{"policy": lb, "family": fam, **q, "bars": verdict[f"{lb}/{fam}"]}
-               for lb, fam, q in rows]
+    payload = [
+        {"policy": lb, "family": fam, **q, "bars": verdict[f"{lb}/{fam}"]} for lb, fam, q in rows
+    ]
     (args.out / "quality.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return 0
 

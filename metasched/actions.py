@@ -10,7 +10,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ACTION_MODES", "DISCRETE_FACTORS", "ActionMode", "action_to_lr"]
+__all__ = [
+    "ACTION_MODES",
+    "ANNEAL_MODES",
+    "DISCRETE_FACTORS",
+    "ActionMode",
+    "action_to_lr",
+    "anneal_factor",
+    "check_anneal",
+]
 
 ActionMode = Literal["discrete3", "discrete5", "continuous", "absolute"]
 ACTION_MODES: tuple[str, ...] = ("discrete3", "discrete5", "continuous", "absolute")
@@ -19,6 +27,45 @@ DISCRETE_FACTORS: dict[str, tuple[float, ...]] = {
     "discrete3": (0.5, 1.0, 2.0),
     "discrete5": (0.5, 0.8, 1.0, 1.25, 2.0),
 }
+
+#: Fixed shapes an agent's LR is multiplied by (``anneal`` of the envs): ``"none"`` applies the
+#: agent's LR as it is; ``"wsd"`` multiplies it by the cooldown of the ``wsd`` schedule
+#: (1 up to 80 % of the budget, then ``1 - sqrt(u)`` over the last 20 %).
+ANNEAL_MODES: tuple[str, ...] = ("none", "wsd")
+#: Cooldown fraction of ``anneal="wsd"`` (the ``wsd`` schedule's default).
+WSD_COOLDOWN = 0.2
+
+
+def check_anneal(anneal: Any) -> str:
+    """Return ``anneal`` if it is one of :data:`ANNEAL_MODES`, else raise ``ValueError``."""
+    if not isinstance(anneal, str) or anneal not in ANNEAL_MODES:
+        raise ValueError(f"anneal must be one of {', '.join(ANNEAL_MODES)}, got {anneal!r}")
+    return anneal
+
+
+def anneal_factor(anneal: str, step: Any, budget: Any) -> np.ndarray:
+    """Return the multiplier of the agent's LR for an interval starting at inner step ``step``.
+
+    With ``anneal="wsd"`` an agent that never changes its LR ``b`` runs exactly the ``wsd``
+    schedule (cooldown 0.2, ``1-sqrt``, final ratio 0) at base LR ``b``: the factor is 1 up to
+    ``T - c`` with ``c = max(1, round(0.2 T))`` and ``1 - sqrt((t - (T - c)) / c)`` after it,
+    0 from ``T`` on. The agent keeps choosing the level ``b`` (instance by instance, as the
+    run goes), the fixed cooldown anneals it. ``"none"``: 1 everywhere. Works on arrays.
+
+    Example:
+        >>> [round(float(anneal_factor("wsd", t, 100)), 6) for t in (0, 80, 85, 95, 100)]
+        [1.0, 1.0, 0.5, 0.133975, 0.0]
+    """
+    t = np.asarray(step, dtype=np.float64)
+    if anneal == "none":
+        return np.ones_like(t)
+    check_anneal(anneal)
+    T = np.asarray(budget, dtype=np.float64)
+    if np.any(T < 1):
+        raise ValueError(f"anneal={anneal!r} needs the run's budget (total steps), got {budget!r}")
+    c = np.maximum(1.0, np.floor(WSD_COOLDOWN * T + 0.5))
+    u = np.clip((t - (T - c)) / c, 0.0, 1.0)
+    return 1.0 - np.sqrt(u)
 
 
 def action_to_lr(

@@ -13,11 +13,12 @@ settings.load_profile("default")
 
 @pytest.fixture
 def fixed_action_policy(tmp_path):
-    """Return ``make(action, lr_range=(1e-3, 64.0), interval=50)``: the path of a hand-built
-    discrete3 ``.msched`` policy over the LR-control features that always takes ``action``
-    (0: halve, 1: keep, 2: double)."""
+    """Return ``make(action, lr_range=(1e-3, 64.0), interval=50, anneal=None)``: the path of a
+    hand-built discrete3 ``.msched`` policy over the LR-control features that always takes
+    ``action`` (0: halve, 1: keep, 2: double); ``anneal`` is written to its env kwargs when
+    given (files from before it existed have none)."""
 
-    def make(action, *, lr_range=(1e-3, 64.0), interval=50, name="fixed.msched"):
+    def make(action, *, lr_range=(1e-3, 64.0), interval=50, name="fixed.msched", anneal=None):
         import torch
 
         from metasched.features import FEATURE_NAMES, N_FEATURES
@@ -26,6 +27,8 @@ def fixed_action_policy(tmp_path):
         h = minimal_header(input_dim=N_FEATURES, action_mode="discrete3")
         h["observation"]["names"] = list(FEATURE_NAMES)
         h["env_kwargs"] = {"action": "discrete3", "lr_range": list(lr_range), "init_lr": 1.0}
+        if anneal is not None:
+            h["env_kwargs"]["anneal"] = anneal
         h["decision_interval"] = interval
         h["network"]["layers"] = [{"type": "linear", "weight": "w", "bias": "b"}]
         bias = torch.zeros(3)

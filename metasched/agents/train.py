@@ -194,6 +194,7 @@ def _batched_env(cfg: TrainConfig, seed: int) -> Any:
 _TORCH_ENV_KEYS = (
     "family",
     "action",
+    "anneal",
     "budget",
     "steps_per_action",
     "clip",

@@ -40,6 +40,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
+from metasched.actions import anneal_factor, check_anneal
 from metasched.envs.lr_control import action_space_for, action_to_lr, check_env_args
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
 from metasched.inner_tasks import NMFFamily
@@ -73,6 +74,7 @@ STEP_SETTINGS = (
 )
 #: Construction settings that cannot change once the env runs.
 FROZEN_SETTINGS = (
+    "anneal",
     "num_envs",
     "family",
     "split",
@@ -307,6 +309,7 @@ class BatchedNMFVecEnv(VecEnv):
         n_processes: int | str = "auto",
         start_method: str | None = None,
         rng: str = "per_slot",
+        anneal: str = "none",
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -322,6 +325,7 @@ class BatchedNMFVecEnv(VecEnv):
             "divergence_penalty": divergence_penalty,
         }
         lo, hi = _check_step_settings(step_settings, split, divergence_factor)
+        check_anneal(anneal)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if rng not in RNG_MODES:
@@ -341,6 +345,7 @@ class BatchedNMFVecEnv(VecEnv):
         self.reward_mode = reward
         self.divergence_penalty = float(divergence_penalty)
         self.divergence_factor = float(divergence_factor)
+        self.anneal = anneal
         self.bucketing = bool(bucketing)
         self.n_processes = procs
         self.tracker = FeatureTracker(num_envs)
@@ -388,7 +393,9 @@ class BatchedNMFVecEnv(VecEnv):
                 for k in range(1, procs):
                     self._remotes.append(
                         WorkerProcess(
-                            ctx, _Host, ({**cfg, "host": k}, *self._host_block(k), procs),
+                            ctx,
+                            _Host,
+                            ({**cfg, "host": k}, *self._host_block(k), procs),
                             "BatchedNMFVecEnv",
                         )
                     )
@@ -576,7 +583,8 @@ class BatchedNMFVecEnv(VecEnv):
         actions, self._actions = self._actions, None
         B, T = self.num_envs, self.steps_per_action
         self._lr = action_to_lr(self.action_mode, actions, self._lr, self._lr_min, self._lr_max)
-        applied = self._lr.copy()
+        requested = self._lr * anneal_factor(self.anneal, self._steps, self.budget)
+        applied = requested.copy()
         clipped = np.zeros(B, dtype=bool)
         if self.clip in ("auto", "deterministic"):
             cap = self.kappa * self._bound
@@ -623,7 +631,7 @@ class BatchedNMFVecEnv(VecEnv):
         infos: list[dict[str, Any]] = []
         for i in range(B):
             info: dict[str, Any] = {
-                "lr": float(self._lr[i]),
+                "lr": float(requested[i]),
                 "applied_lr": float(applied[i]),
                 "train_loss": float(mean_loss[i]),
                 "val_loss": None,

@@ -49,6 +49,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
+from metasched.actions import anneal_factor, check_anneal
 from metasched.envs.batched import WorkerProcess
 from metasched.envs.lr_control import action_space_for, action_to_lr, check_env_args
 from metasched.errors import ConfigError
@@ -86,6 +87,7 @@ SETTINGS: dict[str, str] = {
 }
 #: Constructor settings that cannot change once the env runs.
 FROZEN = (
+    "anneal",
     "num_envs",
     "family_name",
     "split",
@@ -268,7 +270,8 @@ class _Core:
         cfg = self.cfg
         B, T = self.n, cfg["steps_per_action"]
         self.lr = action_to_lr(cfg["action"], actions, self.lr, self.lr_min, self.lr_max)
-        applied = self.lr.copy()
+        requested = self.lr * anneal_factor(cfg["anneal"], self.steps, cfg["budget"])
+        applied = requested.copy()
         clipped = np.zeros(B, dtype=bool)
         if cfg["clip"] != "none":
             analytic, measured = _kappas(cfg)
@@ -331,7 +334,7 @@ class _Core:
         infos: list[dict[str, Any]] = []
         for i in range(B):
             info: dict[str, Any] = {
-                "lr": float(self.lr[i]),
+                "lr": float(requested[i]),
                 "applied_lr": float(applied[i]),
                 "train_loss": float(mean_loss[i]),
                 "val_loss": None if math.isnan(val[i]) else float(val[i]),
@@ -404,6 +407,7 @@ class BatchedTorchVecEnv(VecEnv):
         dtype: torch.dtype = torch.float32,
         n_processes: int = 1,
         start_method: str | None = None,
+        anneal: str = "none",
     ) -> None:
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
             raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -432,6 +436,10 @@ class BatchedTorchVecEnv(VecEnv):
         )
         if dtype not in (torch.float32, torch.float64):
             raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        try:
+            self.anneal = check_anneal(anneal)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if (
             not isinstance(n_processes, int | np.integer)
             or isinstance(n_processes, bool)
@@ -476,6 +484,7 @@ class BatchedTorchVecEnv(VecEnv):
             "divergence_factor": float(divergence_factor),
             "seed": int(seed),
             "dtype": dtype,
+            "anneal": anneal,
         }
         P = self.n_processes
         sizes = [num_envs // P + (k < num_envs % P) for k in range(P)]

@@ -10,7 +10,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from metasched.actions import ACTION_MODES, DISCRETE_FACTORS, ActionMode, action_to_lr
+from metasched.actions import (
+    ACTION_MODES,
+    ANNEAL_MODES,
+    DISCRETE_FACTORS,
+    ActionMode,
+    action_to_lr,
+    anneal_factor,
+)
 from metasched.errors import ConfigError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
 from metasched.inner_tasks import check_split, family_lr_range, make_family
@@ -53,6 +60,7 @@ def check_env_args(
     divergence_factor: float,
     clip_modes: tuple[str, ...] = CLIP_MODES,
     kappa_measured: float = DEFAULT_KAPPA_MEASURED,
+    anneal: str = "none",
 ) -> tuple[float, float]:
     """Validate the arguments every LR-control env shares; return ``lr_range`` as floats.
 
@@ -83,6 +91,8 @@ def check_env_args(
         raise ConfigError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
     if not divergence_factor > 1:
         raise ConfigError(f"divergence_factor must be > 1, got {divergence_factor!r}")
+    if not isinstance(anneal, str) or anneal not in ANNEAL_MODES:
+        raise ConfigError(f"anneal must be one of {', '.join(ANNEAL_MODES)}, got {anneal!r}")
     return lo, hi
 
 
@@ -153,9 +163,14 @@ class LRControlEnv(gym.Env):
     ``kappa_measured`` (0.707, on a measured bound), ``lr_range``
     (default: the family's ``lr_range``, (1e-3, 64.0) for NMF, (0.01, 20.0) for networks),
     ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
-    ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict).
-    ``info`` carries ``lr``, ``applied_lr``, ``train_loss``, ``val_loss``, ``diverged``,
-    ``clipped``, ``inner_steps``, ``instance``, ``lr_bound`` (on the common scale),
+    ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict), ``anneal``
+    (``"none"``; ``"wsd"``: the agent's LR is multiplied by the ``wsd`` schedule's cooldown,
+    so the action sets the level of a warmup-free WSD run, see
+    :func:`~metasched.actions.anneal_factor`; the observation's LR features stay the
+    agent's level).
+    ``info`` carries ``lr`` (the requested LR, after ``anneal``), ``applied_lr``,
+    ``train_loss``, ``val_loss``, ``diverged``, ``clipped``, ``inner_steps``, ``instance``,
+    ``lr_bound`` (on the common scale),
     ``bound_cost_steps`` (the measured bound's cost so far this episode, in SGD steps) and, at
     the end, ``final_loss``.
 
@@ -199,6 +214,7 @@ class LRControlEnv(gym.Env):
         family_seed: int = 0,
         family_kwargs: dict[str, Any] | None = None,
         kappa_measured: float = DEFAULT_KAPPA_MEASURED,
+        anneal: str = "none",
     ) -> None:
         super().__init__()
         self.action_space = action_space_for(action)
@@ -216,6 +232,7 @@ class LRControlEnv(gym.Env):
             divergence_penalty=divergence_penalty,
             divergence_factor=divergence_factor,
             kappa_measured=kappa_measured,
+            anneal=anneal,
         )
         self.family = (
             family
@@ -234,6 +251,7 @@ class LRControlEnv(gym.Env):
         self.reward_mode = reward
         self.divergence_penalty = float(divergence_penalty)
         self.divergence_factor = float(divergence_factor)
+        self.anneal = anneal
         self.observation_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
         self._tracker = FeatureTracker(1)
         self._task_cache: OrderedDict[int, InnerTask] = OrderedDict()
@@ -311,7 +329,8 @@ class LRControlEnv(gym.Env):
             raise RuntimeError("call reset() before step() (the episode is over or not started)")
         self._lr = action_to_lr(self.action_mode, action, self._lr, self._lr_min, self._lr_max)
         prev = float(self._tracker.log_loss[0])
-        signal, ival = self._driver.advance(float(self._lr[0]))
+        shape = anneal_factor(self.anneal, self._driver.step, self.budget)
+        signal, ival = self._driver.advance(float(self._lr[0] * shape))
         obs = self._tracker.update_from_signal(signal, lr=float(self._lr[0]))
         log0 = float(self._tracker.log_loss0[0])
         terminated = self._driver.done

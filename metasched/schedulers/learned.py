@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metasched.actions import ACTION_MODES, action_to_lr
+from metasched.actions import ACTION_MODES, ANNEAL_MODES, action_to_lr, anneal_factor
 from metasched.errors import ConfigError, ExportError
 from metasched.features import FEATURE_NAMES, FeatureTracker
 from metasched.policyfile import load_policy
@@ -146,7 +146,12 @@ class LearnedScheduler(Scheduler):
             raise ExportError(f"policy file {where!r}: invalid action/lr_range/init_lr")
         if mode != header["action"]["mode"]:
             raise ExportError(f"policy file {where!r}: env_kwargs.action differs from action.mode")
+        anneal = kwargs.get("anneal", "none")  # files from before anneal existed: none
+        if anneal not in ANNEAL_MODES:
+            raise ExportError(f"policy file {where!r}: unknown env_kwargs.anneal {anneal!r}")
         self.action_mode = mode
+        #: the env's fixed shape on the policy's LR (:func:`~metasched.actions.anneal_factor`)
+        self.anneal = str(anneal)
         self.lr_range = (lo, hi)
         self.init_lr = init_lr
         self.decision_interval: int | None = int(header["decision_interval"])
@@ -230,7 +235,7 @@ class LearnedScheduler(Scheduler):
             val_loss=_nan_if_none(sig.val_loss),
         )
         self._started = True
-        return self._decide(obs)
+        return self._decide(obs, sig)
 
     def _step(self, signal: TrainingSignal) -> float:
         if not self._started:
@@ -243,16 +248,19 @@ class LearnedScheduler(Scheduler):
             )
             self._started = True
         obs = self._tracker.update_from_signal(signal, lr=float(self._lr_arr[0]))
-        return self._decide(obs)
+        return self._decide(obs, signal)
 
-    def _decide(self, obs: np.ndarray) -> float:
+    def _decide(self, obs: np.ndarray, signal: TrainingSignal) -> float:
         actions, self._rnn = self.policy.predict(obs, self._rnn)
         if self.recorder is not None:
             self.recorder.append((obs[0].copy(), np.asarray(actions[0]).copy()))
         self._lr_arr = action_to_lr(
             self.action_mode, actions[0], self._lr_arr, self._lr_min, self._lr_max
         )
-        return float(self._lr_arr[0])
+        if self.anneal == "none":
+            return float(self._lr_arr[0])
+        # the LR of the interval that starts now (the policy's level, annealed as in the env)
+        return float(self._lr_arr[0] * anneal_factor(self.anneal, signal.step, signal.budget))
 
     # -- state -------------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:

@@ -46,13 +46,19 @@ def test_same_seed_same_rollout_and_seed_method():
 
 
 @pytest.mark.parametrize(
-    ("action", "bucketing"),
-    [("discrete3", False), ("discrete3", True), ("absolute", True), ("absolute", False)],
+    ("action", "bucketing", "anneal"),
+    [
+        ("discrete3", False, "none"),
+        ("discrete3", True, "none"),
+        ("absolute", True, "none"),
+        ("absolute", False, "none"),
+        ("discrete3", True, "wsd"),
+    ],
 )
-def test_slot_matches_single_env(action, bucketing):
+def test_slot_matches_single_env(action, bucketing, anneal):
     """A float64 slot follows the single env's MDP: same observations and rewards."""
     seed, index = 7, 3
-    single = LRControlEnv(split="test", action=action, **SMALL)
+    single = LRControlEnv(split="test", action=action, anneal=anneal, **SMALL)
     obs_s, _ = single.reset(seed=seed, options={"instance": index})
     venv = BatchedNMFVecEnv(
         2,
@@ -60,6 +66,7 @@ def test_slot_matches_single_env(action, bucketing):
         action=action,
         dtype=torch.float64,
         bucketing=bucketing,
+        anneal=anneal,
         **SMALL,
     )
     venv.reset()
@@ -81,6 +88,7 @@ def test_slot_matches_single_env(action, bucketing):
         np.testing.assert_allclose(o, obs_s, rtol=1e-5, atol=1e-5)
         assert r_b[1] == pytest.approx(r_s, rel=1e-5, abs=1e-6)
         assert infos[1]["applied_lr"] == pytest.approx(info_s["applied_lr"], rel=1e-9)
+        assert infos[1]["lr"] == pytest.approx(info_s["lr"], rel=1e-12)
         if term:
             assert dones[1]
             break
@@ -106,6 +114,8 @@ def test_bad_arguments():
         BatchedNMFVecEnv(2, clip="noise_aware")
     with pytest.raises(ValueError, match="action"):
         BatchedNMFVecEnv(2, action="discrete9")
+    with pytest.raises(ValueError, match="anneal must be one of none, wsd, got 'cos'"):
+        BatchedNMFVecEnv(2, anneal="cos")
     with pytest.raises(ValueError, match="n_processes"):
         BatchedNMFVecEnv(2, n_processes=3)
     with pytest.raises(ValueError, match="n_processes"):

@@ -37,7 +37,15 @@ class Float64Family(TaskFamily):
 
 
 def slot_vs_single(
-    family, index, action, family_kwargs=None, clip="deterministic", rel=1e-9, lr_rel=1e-12, **extra
+    family,
+    index,
+    action,
+    family_kwargs=None,
+    clip="deterministic",
+    rel=1e-9,
+    lr_rel=1e-12,
+    anneal="none",
+    **extra,
 ):
     """Step a float64 slot and the float64 single env side by side; compare everything.
 
@@ -49,6 +57,7 @@ def slot_vs_single(
         split="test",
         action=action,
         clip=clip,
+        anneal=anneal,
         **SMALL,
     )
     obs_s, _ = single.reset(seed=seed, options={"instance": index})
@@ -60,6 +69,7 @@ def slot_vs_single(
         dtype=torch.float64,
         family_kwargs=family_kwargs,
         clip=clip,
+        anneal=anneal,
         **SMALL,
         **extra,
     )
@@ -81,6 +91,7 @@ def slot_vs_single(
         np.testing.assert_allclose(o, obs_s, rtol=1e-6, atol=1e-6)
         assert r_b[1] == pytest.approx(r_s, rel=1e-6, abs=1e-6)
         assert infos[1]["applied_lr"] == pytest.approx(info_s["applied_lr"], rel=lr_rel)
+        assert infos[1]["lr"] == pytest.approx(info_s["lr"], rel=1e-12)
         assert infos[1]["train_loss"] == pytest.approx(info_s["train_loss"], rel=rel)
         if info_s["val_loss"] is None:
             assert infos[1]["val_loss"] is None
@@ -119,6 +130,17 @@ def test_mixed_slots_match_single_env_for_every_member():
         tol = {"rel": 1e-6, "lr_rel": 1e-6} if member == "nmf" else {}
         slot_vs_single("mixed", index, "absolute", **tol)
     assert isinstance(family.instance_config("test", seen["nmf"]), MixedConfig)
+
+
+def test_wsd_anneal_slots_match_single_env():
+    """With ``anneal="wsd"`` a slot still follows the single env, for every mixed member."""
+    family = make_family("mixed", 0)
+    seen = {}
+    for index in range(40):
+        seen.setdefault(family.instance_config("test", index).family, index)
+    for member, index in seen.items():
+        tol = {"rel": 1e-6, "lr_rel": 1e-6} if member == "nmf" else {}
+        slot_vs_single("mixed", index, "discrete3", anneal="wsd", **tol)
 
 
 def test_divergence_matches_single_env():
@@ -204,6 +226,11 @@ def test_bad_arguments():
         BatchedTorchVecEnv(2, dtype=torch.float16)
     with pytest.raises(ConfigError, match="member"):
         BatchedTorchVecEnv(2, family="mixed", family_kwargs={"families": ["mlp", "fashion"]})
+    with pytest.raises(ConfigError, match="anneal must be one of none, wsd, got 'cosine'"):
+        BatchedTorchVecEnv(2, anneal="cosine")
+    venv = BatchedTorchVecEnv(2, **SMALL)
+    with pytest.raises(ConfigError, match="anneal"):
+        venv.set_attr("anneal", "wsd")
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,41 @@ def test_return_telescopes_to_log_improvement_and_budget_end_terminates():
         env.step(1)
 
 
+@pytest.mark.parametrize("env_id", ["metasched/NMF-v1", "metasched/MLP-v1"])
+def test_wsd_anneal_with_the_lr_kept_is_the_wsd_schedule(env_id):
+    """anneal="wsd": an agent that keeps its LR runs exactly ``wsd`` at the reference LR."""
+    from gymnasium.utils import seeding
+
+    from metasched.schedulers import make_scheduler, run_schedule
+
+    env = gym.make(env_id, split="test", anneal="wsd", **SMALL)
+    seed = 4
+    _, info = env.reset(seed=seed, options={"instance": 1})
+    lrs, applied, obs_lr, term = [], [], [], False
+    while not term:
+        obs, _, term, _, info = env.step(1)
+        lrs.append(info["lr"])
+        applied.append(info["applied_lr"])
+        obs_lr.append(float(obs[0]))  # log(lr / lr0): the agent's own level, 0 throughout
+    u = env.unwrapped
+    np_random, _ = seeding.np_random(seed)
+    task = u.family.make_task(u.family.instance_config("test", 1))
+    trace = run_schedule(
+        task,
+        make_scheduler("wsd"),
+        budget=u.budget,
+        interval=u.steps_per_action,
+        seed=np.random.default_rng(np_random.integers(2**63)),
+        clip=u.clip,
+        kappa=u.kappa,
+    )
+    assert trace["lr"][1:].tolist() == lrs
+    assert trace["applied_lr"][1:].tolist() == applied
+    assert trace.final_loss == info["final_loss"]
+    assert obs_lr == [0.0] * len(lrs)
+    assert lrs[-1] < lrs[0] and lrs[:8] == [lrs[0]] * 8  # stable, then the cooldown
+
+
 def test_final_reward_mode_pays_only_at_the_end():
     env = gym.make("metasched/NMF-v1", reward="final", **SMALL)
     _, info0 = env.reset(seed=2)
@@ -177,6 +212,7 @@ def test_instance_option_and_splits():
         ({"kappa": -1.0}, "kappa"),
         ({"lr_range": (1.0, 0.1)}, "lr_range"),
         ({"reward": "sparse"}, "reward"),
+        ({"anneal": "cosine"}, "anneal must be one of none, wsd, got 'cosine'"),
         ({"family": "nmff"}, "did you mean"),
     ],
 )

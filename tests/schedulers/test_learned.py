@@ -317,3 +317,47 @@ def test_policy_over_other_observations_is_refused(tmp_path):
     path = write_policy(tmp_path / "odd.msched", {"w": torch.zeros(3, 12)}, h)
     with pytest.raises(ExportError, match="not trained on metasched's LR-control observations"):
         LearnedScheduler.load(path)
+
+
+# -- anneal="wsd": the policy sets the level, the env's fixed cooldown anneals it ------------
+def test_wsd_anneal_policy_replays_the_wsd_schedule(fixed_action_policy):
+    from metasched.schedulers.classic import WSDSchedule
+
+    keep = LearnedScheduler.load(fixed_action_policy(1, anneal="wsd"))
+    assert keep.anneal == "wsd"
+    family = NMFFamily(0)
+    runs = {}
+    for label, sched in (("keep", keep), ("wsd", make_scheduler("wsd"))):
+        task = family.make_task(family.instance_config("test", 0))
+        runs[label] = run_schedule(task, sched, budget=400, interval=50, seed=3)
+    assert runs["keep"]["lr"][1:].tolist() == runs["wsd"]["lr"][1:].tolist()  # exactly
+    assert runs["keep"].final_loss == runs["wsd"].final_loss
+    # a policy that doubles: its level doubles up to the top of its LR range (2 x the start
+    # LR here), and the cooldown still applies to it
+    path = fixed_action_policy(2, anneal="wsd", lr_range=(1e-3, 2.0), name="double.msched")
+    task = family.make_task(family.instance_config("test", 0))
+    trace = run_schedule(task, LearnedScheduler.load(path), budget=400, interval=50, seed=3)
+    top = trace["lr"][1]  # the step-0 decision already doubled the start LR
+    wsd = WSDSchedule()
+    expect = [top * wsd.lr_at(50 * i, 400, base_lr=1.0) for i in range(8)]
+    assert trace["lr"][1:].tolist() == pytest.approx(expect, rel=1e-12)
+    # files from before anneal existed replay as they did; an unknown anneal is refused
+    assert LearnedScheduler.load(fixed_action_policy(1, name="old.msched")).anneal == "none"
+    with pytest.raises(ExportError, match=r"unknown env_kwargs\.anneal 'cos'"):
+        LearnedScheduler.load(fixed_action_policy(1, anneal="cos", name="bad.msched"))
+
+
+def test_wsd_anneal_policy_in_a_plain_torch_loop(fixed_action_policy):
+    from metasched.schedulers.classic import WSDSchedule
+
+    total = 200
+    X, y, model = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    policy = LearnedScheduler.load(fixed_action_policy(1, anneal="wsd", interval=10))
+    sched = TorchLRScheduler(opt, policy, total_steps=total, interval=10)
+    lrs = _train(model, opt, sched, X, y, total)
+    wsd = WSDSchedule()
+    assert lrs == pytest.approx(
+        [wsd.lr_at(10 * (t // 10), total, base_lr=0.05) for t in range(total)], rel=1e-12
+    )
+    assert lrs[159] == 0.05 and lrs[-1] < 0.01  # stable for 80 %, then annealed
