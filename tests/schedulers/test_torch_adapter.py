@@ -156,19 +156,10 @@ def test_errors_are_clear():
 
 
 # -- every registry name in a plain loop, with and without total_steps (issue 12, item 1) ----
-def _policy_file(tmp_path):
-    """A hand-built .msched policy over the LR-control observations (keeps the LR)."""
-    from metasched.features import FEATURE_NAMES
-    from metasched.policyfile import minimal_header, write_policy
-
-    n = len(FEATURE_NAMES)
-    h = minimal_header(input_dim=n, action_mode="discrete3")
-    h["observation"]["names"] = list(FEATURE_NAMES)
-    h["env_kwargs"] = {"action": "discrete3", "lr_range": [1e-3, 64.0], "init_lr": 1.0}
-    h["decision_interval"] = 5
-    h["network"]["layers"] = [{"type": "linear", "weight": "w", "bias": "b"}]
-    weights = {"w": torch.zeros(3, n), "b": torch.tensor([0.0, 1.0, 0.0])}
-    return write_policy(tmp_path / "keep.msched", weights, h)
+@pytest.fixture
+def keep_policy(fixed_action_policy):
+    """A hand-built .msched policy over the LR-control observations that keeps the LR."""
+    return fixed_action_policy(1, interval=5, name="keep.msched")
 
 
 def _rules_file(tmp_path):
@@ -194,9 +185,9 @@ def _rules_file(tmp_path):
     return path
 
 
-def _registry_kwargs(name, tmp_path):
+def _registry_kwargs(name, tmp_path, policy_file):
     if name == "learned":
-        return {"path": str(_policy_file(tmp_path))}
+        return {"path": str(policy_file)}
     if name == "rules":
         return {"path": str(_rules_file(tmp_path))}
     return {}
@@ -204,11 +195,11 @@ def _registry_kwargs(name, tmp_path):
 
 @pytest.mark.parametrize("total_steps", [None, 40])
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
-def test_every_registry_name_in_a_plain_loop(name, total_steps, tmp_path):
+def test_every_registry_name_in_a_plain_loop(name, total_steps, tmp_path, keep_policy):
     """Runs, or refuses at construction with a ConfigError that names the fix."""
     X, y, model = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    kwargs = _registry_kwargs(name, tmp_path)
+    kwargs = _registry_kwargs(name, tmp_path, keep_policy)
     try:
         sched = TorchLRScheduler(opt, name, total_steps=total_steps, **kwargs)
     except ConfigError as exc:
@@ -226,7 +217,7 @@ def test_every_registry_name_in_a_plain_loop(name, total_steps, tmp_path):
     json.dumps(sched.state_dict(), allow_nan=False)
 
 
-def test_which_schedules_need_total_steps(tmp_path):
+def test_which_schedules_need_total_steps(keep_policy):
     _X, _y, model = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for name, kw in [
@@ -246,7 +237,7 @@ def test_which_schedules_need_total_steps(tmp_path):
         ("exponential", {}, "or give gamma="),
         ("cyclic", {}, "or give half_cycle as an int step count"),
         ("sgdr", {}, "or give first_cycle as an int step count"),
-        ("learned", {"path": str(_policy_file(tmp_path))}, "total_steps="),
+        ("learned", {"path": str(keep_policy)}, "total_steps="),
     ]:
         with pytest.raises(ConfigError, match=re.escape(fix)):
             TorchLRScheduler(opt, name, **kw)
@@ -280,12 +271,12 @@ def test_step_count_schedules_match_torch_without_total_steps(name, kwargs, make
 
 
 # -- cost: no host sync per parameter tensor per step (issue 12, item 9) ----------------------
-def test_no_host_reads_between_decisions(tmp_path, monkeypatch):
+def test_no_host_reads_between_decisions(keep_policy, monkeypatch):
     """Losses and gradient norms stay on the device until the scheduler decides."""
     X, y, model = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = TorchLRScheduler(
-        opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=10
+        opt, "learned", path=str(keep_policy), total_steps=100, interval=10
     )
     reads = []
     real_item, real_tolist = torch.Tensor.item, torch.Tensor.tolist
@@ -312,7 +303,7 @@ def test_no_host_reads_between_decisions(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fold_at", [4096, 3])
-def test_gradient_norm_is_the_rms_global_norm_of_the_interval(tmp_path, monkeypatch, fold_at):
+def test_gradient_norm_is_the_rms_global_norm_of_the_interval(keep_policy, monkeypatch, fold_at):
     """As the inner tasks report it: root mean square over steps of the global norm."""
     from metasched.schedulers import torch_adapter
 
@@ -322,7 +313,7 @@ def test_gradient_norm_is_the_rms_global_norm_of_the_interval(tmp_path, monkeypa
     opt = torch.optim.SGD([{"params": model.parameters()}, {"params": frozen.parameters()}])
     opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.05
     sched = TorchLRScheduler(
-        opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=5
+        opt, "learned", path=str(keep_policy), total_steps=100, interval=5
     )
     seen = []
     step = sched.scheduler.step
@@ -341,8 +332,8 @@ def test_gradient_norm_is_the_rms_global_norm_of_the_interval(tmp_path, monkeypa
     assert seen == [pytest.approx(math.sqrt(sum(squares) / 5), rel=1e-5)]
 
 
-def test_state_mid_interval_keeps_the_gradient_norms_seen_so_far(tmp_path):
-    policy = str(_policy_file(tmp_path))
+def test_state_mid_interval_keeps_the_gradient_norms_seen_so_far(keep_policy):
+    policy = str(keep_policy)
 
     def signals(sched):
         seen = []
@@ -375,11 +366,11 @@ def test_state_mid_interval_keeps_the_gradient_norms_seen_so_far(tmp_path):
         assert a_norm == pytest.approx(b_norm, rel=1e-5)
 
 
-def test_grad_norm_every_measures_a_subset_of_the_steps(tmp_path):
+def test_grad_norm_every_measures_a_subset_of_the_steps(keep_policy):
     X, y, model = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = TorchLRScheduler(
-        opt, "learned", path=str(_policy_file(tmp_path)), total_steps=100, interval=6,
+        opt, "learned", path=str(keep_policy), total_steps=100, interval=6,
         grad_norm_every=3,
     )  # fmt: skip
     seen = []

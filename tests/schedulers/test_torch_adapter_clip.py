@@ -6,23 +6,10 @@ import pytest
 import torch
 
 from metasched.errors import ConfigError
-from metasched.features import FEATURE_NAMES, N_FEATURES
-from metasched.policyfile import minimal_header, write_policy
 from metasched.schedulers import LearnedScheduler, TorchLRScheduler
 from metasched.schedulers.loop_bound import ClosureForkTest
 
 INTERVAL, STEPS = 20, 600
-
-
-def doubling_policy(path):
-    """A policy file whose every decision is x2 (discrete3 action 2), over the -v1 features."""
-    h = minimal_header(input_dim=N_FEATURES, action_mode="discrete3")
-    h["observation"]["names"] = list(FEATURE_NAMES)
-    h["env_kwargs"] = {"action": "discrete3", "lr_range": [1e-3, 1e9], "init_lr": 1.0}
-    h["decision_interval"] = INTERVAL
-    h["network"]["layers"] = [{"type": "linear", "weight": "w", "bias": "b"}]
-    tensors = {"w": torch.zeros(3, N_FEATURES), "b": torch.tensor([0.0, 0.0, 1.0])}
-    return write_policy(path / "double.msched", tensors, h)
 
 
 def problem(seed=0):
@@ -66,8 +53,8 @@ def train(policy, opt_name, clip):
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
-def test_always_double_policy_does_not_diverge_with_clip_auto(tmp_path, opt_name):
-    policy = doubling_policy(tmp_path)
+def test_always_double_policy_does_not_diverge_with_clip_auto(fixed_action_policy, opt_name):
+    policy = fixed_action_policy(2, lr_range=(1e-3, 1e9), interval=INTERVAL)
     first, last, sched = train(policy, opt_name, "auto")
     assert math.isfinite(last) and last < first, (opt_name, first, last)
     assert sched.clip_count > 0 and sched.lr_bound is not None and sched.lr_bound > 0
