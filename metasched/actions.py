@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from metasched.errors import ConfigError
+
 __all__ = [
     "ACTION_MODES",
     "ANNEAL_MODES",
@@ -37,9 +39,9 @@ WSD_COOLDOWN = 0.2
 
 
 def check_anneal(anneal: Any) -> str:
-    """Return ``anneal`` if it is one of :data:`ANNEAL_MODES`, else raise ``ValueError``."""
+    """Return ``anneal`` if it is one of :data:`ANNEAL_MODES`, else raise ``ConfigError``."""
     if not isinstance(anneal, str) or anneal not in ANNEAL_MODES:
-        raise ValueError(f"anneal must be one of {', '.join(ANNEAL_MODES)}, got {anneal!r}")
+        raise ConfigError(f"anneal must be one of {', '.join(ANNEAL_MODES)}, got {anneal!r}")
     return anneal
 
 

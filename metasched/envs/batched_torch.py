@@ -436,10 +436,7 @@ class BatchedTorchVecEnv(VecEnv):
         )
         if dtype not in (torch.float32, torch.float64):
             raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-        try:
-            self.anneal = check_anneal(anneal)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        self.anneal = check_anneal(anneal)
         if (
             not isinstance(n_processes, int | np.integer)
             or isinstance(n_processes, bool)

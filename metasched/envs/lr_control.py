@@ -12,11 +12,11 @@ from gymnasium import spaces
 
 from metasched.actions import (
     ACTION_MODES,
-    ANNEAL_MODES,
     DISCRETE_FACTORS,
     ActionMode,
     action_to_lr,
     anneal_factor,
+    check_anneal,
 )
 from metasched.errors import ConfigError
 from metasched.features import FEATURE_HIGH, FEATURE_LOW, FeatureTracker
@@ -91,8 +91,7 @@ def check_env_args(
         raise ConfigError(f"divergence_penalty must be >= 0, got {divergence_penalty!r}")
     if not divergence_factor > 1:
         raise ConfigError(f"divergence_factor must be > 1, got {divergence_factor!r}")
-    if not isinstance(anneal, str) or anneal not in ANNEAL_MODES:
-        raise ConfigError(f"anneal must be one of {', '.join(ANNEAL_MODES)}, got {anneal!r}")
+    check_anneal(anneal)
     return lo, hi
 
 
