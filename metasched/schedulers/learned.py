@@ -55,7 +55,9 @@ class LearnedScheduler(Scheduler):
     at ``base_lr`` and stays in ``[lr_min, lr_max] = lr_range × lr_ref`` with
     ``lr_ref = base_lr / init_lr`` (``lr_range`` and ``init_lr`` from the file's header), and
     after every decision interval the policy maps the observation to an LR change. Its
-    ``decision_interval`` is the env's ``steps_per_action``; TorchLRScheduler uses it.
+    ``decision_interval`` is the env's ``steps_per_action``; TorchLRScheduler uses it. A policy
+    trained with ``anneal="wsd"`` sets the level of the LR and the returned LR carries the
+    env's cooldown on top of it (:func:`~metasched.actions.anneal_factor`), as in training.
 
     The first decision depends on what :meth:`reset` is given:
 
