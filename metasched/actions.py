@@ -6,6 +6,7 @@ outside any env), so an action means the same LR change everywhere.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -32,8 +33,9 @@ DISCRETE_FACTORS: dict[str, tuple[float, ...]] = {
 
 #: Fixed shapes an agent's LR is multiplied by (``anneal`` of the envs): ``"none"`` applies the
 #: agent's LR as it is; ``"wsd"`` multiplies it by the cooldown of the ``wsd`` schedule
-#: (1 up to 80 % of the budget, then ``1 - sqrt(u)`` over the last 20 %).
-ANNEAL_MODES: tuple[str, ...] = ("none", "wsd")
+#: (1 up to 80 % of the budget, then ``1 - sqrt(u)`` over the last 20 %); ``"cosine"`` by the
+#: ``cosine`` schedule's decay ``(1 + cos(pi t / T)) / 2`` over the whole budget.
+ANNEAL_MODES: tuple[str, ...] = ("none", "wsd", "cosine")
 #: Cooldown fraction of ``anneal="wsd"`` (the ``wsd`` schedule's default).
 WSD_COOLDOWN = 0.2
 
@@ -52,11 +54,15 @@ def anneal_factor(anneal: str, step: Any, budget: Any) -> np.ndarray:
     schedule (cooldown 0.2, ``1-sqrt``, final ratio 0) at base LR ``b``: the factor is 1 up to
     ``T - c`` with ``c = max(1, round(0.2 T))`` and ``1 - sqrt((t - (T - c)) / c)`` after it,
     0 from ``T`` on. The agent keeps choosing the level ``b`` (instance by instance, as the
-    run goes), the fixed cooldown anneals it. ``"none"``: 1 everywhere. Works on arrays.
+    run goes), the fixed cooldown anneals it. ``"cosine"`` likewise runs exactly the
+    ``cosine`` schedule (no warmup, ``min_ratio`` 0): ``(1 + cos(pi min(t / T, 1))) / 2``.
+    ``"none"``: 1 everywhere. Works on arrays.
 
     Example:
         >>> [round(float(anneal_factor("wsd", t, 100)), 6) for t in (0, 80, 85, 95, 100)]
         [1.0, 1.0, 0.5, 0.133975, 0.0]
+        >>> [round(float(anneal_factor("cosine", t, 100)), 6) for t in (0, 25, 50, 100)]
+        [1.0, 0.853553, 0.5, 0.0]
     """
     t = np.asarray(step, dtype=np.float64)
     if anneal == "none":
@@ -65,6 +71,12 @@ def anneal_factor(anneal: str, step: Any, budget: Any) -> np.ndarray:
     T = np.asarray(budget, dtype=np.float64)
     if np.any(T < 1):
         raise ValueError(f"anneal={anneal!r} needs the run's budget (total steps), got {budget!r}")
+    if anneal == "cosine":
+        # math.cos element by element, as the cosine schedule computes it: numpy's vectorised
+        # cos may differ from libm in the last bit, and the replay must match exactly
+        s = np.broadcast_to(np.minimum(1.0, t / T), np.broadcast_shapes(t.shape, T.shape))
+        out = [0.5 * (1.0 + math.cos(math.pi * float(x))) for x in s.reshape(-1)]
+        return np.array(out, dtype=np.float64).reshape(s.shape)
     c = np.maximum(1.0, np.floor(WSD_COOLDOWN * T + 0.5))
     u = np.clip((t - (T - c)) / c, 0.0, 1.0)
     return 1.0 - np.sqrt(u)

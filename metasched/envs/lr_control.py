@@ -164,7 +164,8 @@ class LRControlEnv(gym.Env):
     ``init_lr`` (1.0), ``reward``, ``divergence_penalty`` (1.0),
     ``divergence_factor`` (1e3), ``family_seed`` (0), ``family_kwargs`` (dict), ``anneal``
     (``"none"``; ``"wsd"``: the agent's LR is multiplied by the ``wsd`` schedule's cooldown,
-    so the action sets the level of a warmup-free WSD run, see
+    so the action sets the level of a warmup-free WSD run; ``"cosine"``: by the ``cosine``
+    schedule's decay, likewise; see
     :func:`~metasched.actions.anneal_factor`; the observation's LR features stay the
     agent's level).
     ``info`` carries ``lr`` (the requested LR, after ``anneal``), ``applied_lr``,

@@ -56,8 +56,9 @@ class LearnedScheduler(Scheduler):
     ``lr_ref = base_lr / init_lr`` (``lr_range`` and ``init_lr`` from the file's header), and
     after every decision interval the policy maps the observation to an LR change. Its
     ``decision_interval`` is the env's ``steps_per_action``; TorchLRScheduler uses it. A policy
-    trained with ``anneal="wsd"`` sets the level of the LR and the returned LR carries the
-    env's cooldown on top of it (:func:`~metasched.actions.anneal_factor`), as in training.
+    trained with ``anneal="wsd"`` (or ``"cosine"``) sets the level of the LR and the returned
+    LR carries the env's anneal shape on top of it
+    (:func:`~metasched.actions.anneal_factor`), as in training.
 
     The first decision depends on what :meth:`reset` is given:
 

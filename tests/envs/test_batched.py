@@ -53,6 +53,7 @@ def test_same_seed_same_rollout_and_seed_method():
         ("absolute", True, "none"),
         ("absolute", False, "none"),
         ("discrete3", True, "wsd"),
+        ("discrete3", False, "cosine"),
     ],
 )
 def test_slot_matches_single_env(action, bucketing, anneal):
@@ -114,7 +115,7 @@ def test_bad_arguments():
         BatchedNMFVecEnv(2, clip="noise_aware")
     with pytest.raises(ValueError, match="action"):
         BatchedNMFVecEnv(2, action="discrete9")
-    with pytest.raises(ValueError, match="anneal must be one of none, wsd, got 'cos'"):
+    with pytest.raises(ValueError, match="anneal must be one of none, wsd, cosine, got 'cos'"):
         BatchedNMFVecEnv(2, anneal="cos")
     with pytest.raises(ValueError, match="n_processes"):
         BatchedNMFVecEnv(2, n_processes=3)

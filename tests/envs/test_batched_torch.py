@@ -132,15 +132,16 @@ def test_mixed_slots_match_single_env_for_every_member():
     assert isinstance(family.instance_config("test", seen["nmf"]), MixedConfig)
 
 
-def test_wsd_anneal_slots_match_single_env():
-    """With ``anneal="wsd"`` a slot still follows the single env, for every mixed member."""
+@pytest.mark.parametrize("anneal", ["wsd", "cosine"])
+def test_anneal_slots_match_single_env(anneal):
+    """With ``anneal`` set a slot still follows the single env, for every mixed member."""
     family = make_family("mixed", 0)
     seen = {}
     for index in range(40):
         seen.setdefault(family.instance_config("test", index).family, index)
     for member, index in seen.items():
         tol = {"rel": 1e-6, "lr_rel": 1e-6} if member == "nmf" else {}
-        slot_vs_single("mixed", index, "discrete3", anneal="wsd", **tol)
+        slot_vs_single("mixed", index, "discrete3", anneal=anneal, **tol)
 
 
 def test_divergence_matches_single_env():
@@ -226,8 +227,8 @@ def test_bad_arguments():
         BatchedTorchVecEnv(2, dtype=torch.float16)
     with pytest.raises(ConfigError, match="member"):
         BatchedTorchVecEnv(2, family="mixed", family_kwargs={"families": ["mlp", "fashion"]})
-    with pytest.raises(ConfigError, match="anneal must be one of none, wsd, got 'cosine'"):
-        BatchedTorchVecEnv(2, anneal="cosine")
+    with pytest.raises(ConfigError, match="anneal must be one of none, wsd, cosine, got 'cos'"):
+        BatchedTorchVecEnv(2, anneal="cos")
     venv = BatchedTorchVecEnv(2, **SMALL)
     with pytest.raises(ConfigError, match="anneal"):
         venv.set_attr("anneal", "wsd")

@@ -1,3 +1,4 @@
+import itertools
 import math
 import warnings
 
@@ -137,14 +138,16 @@ def test_return_telescopes_to_log_improvement_and_budget_end_terminates():
         env.step(1)
 
 
+@pytest.mark.parametrize("anneal", ["wsd", "cosine"])
 @pytest.mark.parametrize("env_id", ["metasched/NMF-v1", "metasched/MLP-v1"])
-def test_wsd_anneal_with_the_lr_kept_is_the_wsd_schedule(env_id):
-    """anneal="wsd": an agent that keeps its LR runs exactly ``wsd`` at the reference LR."""
+def test_anneal_with_the_lr_kept_is_the_schedule_of_that_name(env_id, anneal):
+    """anneal="wsd" (or "cosine"): an agent that keeps its LR runs exactly that schedule at
+    the reference LR."""
     from gymnasium.utils import seeding
 
     from metasched.schedulers import make_scheduler, run_schedule
 
-    env = gym.make(env_id, split="test", anneal="wsd", **SMALL)
+    env = gym.make(env_id, split="test", anneal=anneal, **SMALL)
     seed = 4
     _, info = env.reset(seed=seed, options={"instance": 1})
     lrs, applied, obs_lr, term = [], [], [], False
@@ -158,7 +161,7 @@ def test_wsd_anneal_with_the_lr_kept_is_the_wsd_schedule(env_id):
     task = u.family.make_task(u.family.instance_config("test", 1))
     trace = run_schedule(
         task,
-        make_scheduler("wsd"),
+        make_scheduler(anneal),
         budget=u.budget,
         interval=u.steps_per_action,
         seed=np.random.default_rng(np_random.integers(2**63)),
@@ -169,7 +172,10 @@ def test_wsd_anneal_with_the_lr_kept_is_the_wsd_schedule(env_id):
     assert trace["applied_lr"][1:].tolist() == applied
     assert trace.final_loss == info["final_loss"]
     assert obs_lr == [0.0] * len(lrs)
-    assert lrs[-1] < lrs[0] and lrs[:8] == [lrs[0]] * 8  # stable, then the cooldown
+    if anneal == "wsd":
+        assert lrs[-1] < lrs[0] and lrs[:8] == [lrs[0]] * 8  # stable, then the cooldown
+    else:
+        assert all(b < a for a, b in itertools.pairwise(lrs))  # decays throughout
 
 
 def test_final_reward_mode_pays_only_at_the_end():
@@ -212,7 +218,7 @@ def test_instance_option_and_splits():
         ({"kappa": -1.0}, "kappa"),
         ({"lr_range": (1.0, 0.1)}, "lr_range"),
         ({"reward": "sparse"}, "reward"),
-        ({"anneal": "cosine"}, "anneal must be one of none, wsd, got 'cosine'"),
+        ({"anneal": "cos"}, "anneal must be one of none, wsd, cosine, got 'cos'"),
         ({"family": "nmff"}, "did you mean"),
     ],
 )

@@ -347,6 +347,18 @@ def test_wsd_anneal_policy_replays_the_wsd_schedule(fixed_action_policy):
         LearnedScheduler.load(fixed_action_policy(1, anneal="cos", name="bad.msched"))
 
 
+def test_cosine_anneal_policy_replays_the_cosine_schedule(fixed_action_policy):
+    keep = LearnedScheduler.load(fixed_action_policy(1, anneal="cosine"))
+    assert keep.anneal == "cosine"
+    family = NMFFamily(0)
+    runs = {}
+    for label, sched in (("keep", keep), ("cosine", make_scheduler("cosine"))):
+        task = family.make_task(family.instance_config("test", 0))
+        runs[label] = run_schedule(task, sched, budget=400, interval=50, seed=3)
+    assert runs["keep"]["lr"][1:].tolist() == runs["cosine"]["lr"][1:].tolist()  # exactly
+    assert runs["keep"].final_loss == runs["cosine"].final_loss
+
+
 def test_wsd_anneal_policy_in_a_plain_torch_loop(fixed_action_policy):
     from metasched.schedulers.classic import WSDSchedule
 
