@@ -684,8 +684,14 @@ def train(
     )
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, which: str = "best") -> Path:
-    """Export the ``best``/``final``/``latest`` policy of a run to one ``.msched`` file."""
+def export_run(
+    run_dir: str | Path, out: str | Path, *, which: str = "best", source: str | None = None
+) -> Path:
+    """Export the ``best``/``final``/``latest`` policy of a run to one ``.msched`` file.
+
+    The header's ``extra.source`` records the model directory exported (``source`` replaces
+    that path, e.g. with one relative to a build directory, for files that leave the machine).
+    """
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(read_config(run_dir))
     if which == "latest":
@@ -711,7 +717,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, which: str = "best") -> 
         obs_norm=obs_norm_from_stats(stats),
         extra={
             "algo": cfg.algo,
-            "source": str(src),
+            "source": str(src) if source is None else source,
             "which": which,
             "timesteps": int(model.num_timesteps),
         },

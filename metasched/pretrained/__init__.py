@@ -211,7 +211,8 @@ def finish_build(
     history = _eval_history(run_dir)
     if not history:
         raise ConfigError(f"{str(run_dir)!r} holds no evaluation on val: nothing to choose")
-    policy = export_run(run_dir, out / f"{name}.msched", which="best")
+    # the header names the model relative to the build directory: no path of this machine
+    policy = export_run(run_dir, out / f"{name}.msched", which="best", source="run/best")
     digest = policy_digest(policy)
     ran = read_config(run_dir)
     try:

@@ -154,6 +154,10 @@ def test_build_is_reproducible_and_chosen_on_val(tmp_path, tiny_config):
     best = max(info["val_history"], key=lambda r: r["mean_return"])
     assert info["best_checkpoint_timesteps"] == best["timesteps"]
     assert a.matches_shipped is None  # other settings than the shipped build
+    # the file names its model relative to the build directory, not by this machine's path
+    from metasched.policyfile import load_policy
+
+    assert load_policy(a.policy).header["extra"]["source"] == "run/best"
     # an existing build is never overwritten; resuming needs a run
     before = a.policy.read_bytes()
     with pytest.raises(ConfigError):
