@@ -9,24 +9,16 @@ from metasched.actions import ANNEAL_MODES, anneal_factor, check_anneal
 from metasched.schedulers.classic import CosineSchedule, WSDSchedule
 
 
+@pytest.mark.parametrize("anneal", ["wsd", "cosine"])
 @given(budget=st.integers(1, 5000), data=st.data())
-def test_wsd_anneal_is_the_wsd_schedule_at_base_lr_one(budget, data):
+def test_anneal_is_the_schedule_of_that_name_at_base_lr_one(anneal, budget, data):
     steps = data.draw(st.lists(st.integers(0, budget + 10), min_size=1, max_size=20))
-    wsd = WSDSchedule()
-    got = anneal_factor("wsd", np.array(steps), budget)
-    assert got.tolist() == [wsd.lr_at(t, budget, base_lr=1.0) for t in steps]  # exactly
-    assert float(anneal_factor("wsd", 0, budget)) == 1.0  # the first interval is never annealed
-
-
-@given(budget=st.integers(1, 5000), data=st.data())
-def test_cosine_anneal_is_the_cosine_schedule_at_base_lr_one(budget, data):
-    steps = data.draw(st.lists(st.integers(0, budget + 10), min_size=1, max_size=20))
-    cosine = CosineSchedule()
-    got = anneal_factor("cosine", np.array(steps), budget)
-    assert got.tolist() == [cosine.lr_at(t, budget, base_lr=1.0) for t in steps]  # exactly
-    assert float(anneal_factor("cosine", 0, budget)) == 1.0
+    schedule = WSDSchedule() if anneal == "wsd" else CosineSchedule()
+    got = anneal_factor(anneal, np.array(steps), budget)
+    assert got.tolist() == [schedule.lr_at(t, budget, base_lr=1.0) for t in steps]  # exactly
+    assert float(anneal_factor(anneal, 0, budget)) == 1.0  # the first interval: the level
     # per-slot budgets (the batched envs pass one budget per slot) broadcast element-wise
-    both = anneal_factor("cosine", np.array(steps), np.full(len(steps), budget))
+    both = anneal_factor(anneal, np.array(steps), np.full(len(steps), budget))
     assert both.tolist() == got.tolist()
 
 

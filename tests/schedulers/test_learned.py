@@ -319,19 +319,26 @@ def test_policy_over_other_observations_is_refused(tmp_path):
         LearnedScheduler.load(path)
 
 
-# -- anneal="wsd": the policy sets the level, the env's fixed cooldown anneals it ------------
-def test_wsd_anneal_policy_replays_the_wsd_schedule(fixed_action_policy):
-    from metasched.schedulers.classic import WSDSchedule
-
-    keep = LearnedScheduler.load(fixed_action_policy(1, anneal="wsd"))
-    assert keep.anneal == "wsd"
+# -- anneal: the policy sets the level, the env's fixed shape anneals it ----------------------
+@pytest.mark.parametrize("anneal", ["wsd", "cosine"])
+def test_a_policy_that_keeps_its_level_replays_the_schedule_of_its_anneal(
+    fixed_action_policy, anneal
+):
+    keep = LearnedScheduler.load(fixed_action_policy(1, anneal=anneal))
+    assert keep.anneal == anneal
     family = NMFFamily(0)
     runs = {}
-    for label, sched in (("keep", keep), ("wsd", make_scheduler("wsd"))):
+    for label, sched in (("keep", keep), (anneal, make_scheduler(anneal))):
         task = family.make_task(family.instance_config("test", 0))
         runs[label] = run_schedule(task, sched, budget=400, interval=50, seed=3)
-    assert runs["keep"]["lr"][1:].tolist() == runs["wsd"]["lr"][1:].tolist()  # exactly
-    assert runs["keep"].final_loss == runs["wsd"].final_loss
+    assert runs["keep"]["lr"][1:].tolist() == runs[anneal]["lr"][1:].tolist()  # exactly
+    assert runs["keep"].final_loss == runs[anneal].final_loss
+
+
+def test_wsd_anneal_applies_to_a_changing_level_and_old_files_replay(fixed_action_policy):
+    from metasched.schedulers.classic import WSDSchedule
+
+    family = NMFFamily(0)
     # a policy that doubles: its level doubles up to the top of its LR range (2 x the start
     # LR here), and the cooldown still applies to it
     path = fixed_action_policy(2, anneal="wsd", lr_range=(1e-3, 2.0), name="double.msched")
@@ -345,18 +352,6 @@ def test_wsd_anneal_policy_replays_the_wsd_schedule(fixed_action_policy):
     assert LearnedScheduler.load(fixed_action_policy(1, name="old.msched")).anneal == "none"
     with pytest.raises(ExportError, match=r"unknown env_kwargs\.anneal 'cos'"):
         LearnedScheduler.load(fixed_action_policy(1, anneal="cos", name="bad.msched"))
-
-
-def test_cosine_anneal_policy_replays_the_cosine_schedule(fixed_action_policy):
-    keep = LearnedScheduler.load(fixed_action_policy(1, anneal="cosine"))
-    assert keep.anneal == "cosine"
-    family = NMFFamily(0)
-    runs = {}
-    for label, sched in (("keep", keep), ("cosine", make_scheduler("cosine"))):
-        task = family.make_task(family.instance_config("test", 0))
-        runs[label] = run_schedule(task, sched, budget=400, interval=50, seed=3)
-    assert runs["keep"]["lr"][1:].tolist() == runs["cosine"]["lr"][1:].tolist()  # exactly
-    assert runs["keep"].final_loss == runs["cosine"].final_loss
 
 
 def test_wsd_anneal_policy_in_a_plain_torch_loop(fixed_action_policy):
