@@ -6,7 +6,7 @@ outside any env), so an action means the same LR change everywhere.
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -32,12 +32,10 @@ DISCRETE_FACTORS: dict[str, tuple[float, ...]] = {
 }
 
 #: Fixed shapes an agent's LR is multiplied by (``anneal`` of the envs): ``"none"`` applies the
-#: agent's LR as it is; ``"wsd"`` multiplies it by the cooldown of the ``wsd`` schedule
-#: (1 up to 80 % of the budget, then ``1 - sqrt(u)`` over the last 20 %); ``"cosine"`` by the
-#: ``cosine`` schedule's decay ``(1 + cos(pi t / T)) / 2`` over the whole budget.
+#: agent's LR as it is; ``"wsd"`` and ``"cosine"`` multiply it by the registered schedule of
+#: that name at base LR 1, with its defaults (``wsd``: 1 up to 80 % of the budget, then
+#: ``1 - sqrt(u)`` over the last 20 %; ``cosine``: ``(1 + cos(pi t / T)) / 2``).
 ANNEAL_MODES: tuple[str, ...] = ("none", "wsd", "cosine")
-#: Cooldown fraction of ``anneal="wsd"`` (the ``wsd`` schedule's default).
-WSD_COOLDOWN = 0.2
 
 
 def check_anneal(anneal: Any) -> str:
@@ -47,16 +45,22 @@ def check_anneal(anneal: Any) -> str:
     return anneal
 
 
+@functools.cache
+def _anneal_schedule(anneal: str) -> Any:
+    # imported here: the schedulers import this module (the learned scheduler replays actions)
+    from metasched.schedulers import make_scheduler
+
+    return make_scheduler(anneal)
+
+
 def anneal_factor(anneal: str, step: Any, budget: Any) -> np.ndarray:
     """Return the multiplier of the agent's LR for an interval starting at inner step ``step``.
 
-    With ``anneal="wsd"`` an agent that never changes its LR ``b`` runs exactly the ``wsd``
-    schedule (cooldown 0.2, ``1-sqrt``, final ratio 0) at base LR ``b``: the factor is 1 up to
-    ``T - c`` with ``c = max(1, round(0.2 T))`` and ``1 - sqrt((t - (T - c)) / c)`` after it,
-    0 from ``T`` on. The agent keeps choosing the level ``b`` (instance by instance, as the
-    run goes), the fixed cooldown anneals it. ``"cosine"`` likewise runs exactly the
-    ``cosine`` schedule (no warmup, ``min_ratio`` 0): ``(1 + cos(pi min(t / T, 1))) / 2``.
-    ``"none"``: 1 everywhere. Works on arrays.
+    With ``anneal="wsd"`` (or ``"cosine"``) the factor is that schedule's closed form
+    ``lr_at(step, budget, base_lr=1)``, so an agent that never changes its LR ``b`` runs
+    exactly that schedule at base LR ``b``. The agent keeps choosing the level ``b`` (instance
+    by instance, as the run goes), the fixed shape anneals it. ``"none"``: 1 everywhere.
+    Works on arrays of integer steps (and budgets), element-wise.
 
     Example:
         >>> [round(float(anneal_factor("wsd", t, 100)), 6) for t in (0, 80, 85, 95, 100)]
@@ -64,22 +68,18 @@ def anneal_factor(anneal: str, step: Any, budget: Any) -> np.ndarray:
         >>> [round(float(anneal_factor("cosine", t, 100)), 6) for t in (0, 25, 50, 100)]
         [1.0, 0.853553, 0.5, 0.0]
     """
-    t = np.asarray(step, dtype=np.float64)
+    t = np.asarray(step)
     if anneal == "none":
-        return np.ones_like(t)
+        return np.ones(t.shape)
     check_anneal(anneal)
-    T = np.asarray(budget, dtype=np.float64)
+    T = np.asarray(budget)
     if np.any(T < 1):
         raise ValueError(f"anneal={anneal!r} needs the run's budget (total steps), got {budget!r}")
-    if anneal == "cosine":
-        # math.cos element by element, as the cosine schedule computes it: numpy's vectorised
-        # cos may differ from libm in the last bit, and the replay must match exactly
-        s = np.broadcast_to(np.minimum(1.0, t / T), np.broadcast_shapes(t.shape, T.shape))
-        out = [0.5 * (1.0 + math.cos(math.pi * float(x))) for x in s.reshape(-1)]
-        return np.array(out, dtype=np.float64).reshape(s.shape)
-    c = np.maximum(1.0, np.floor(WSD_COOLDOWN * T + 0.5))
-    u = np.clip((t - (T - c)) / c, 0.0, 1.0)
-    return 1.0 - np.sqrt(u)
+    schedule = _anneal_schedule(anneal)
+    t, T = np.broadcast_arrays(t, T)
+    pairs = zip(t.flat, T.flat, strict=True)
+    out = [schedule.lr_at(int(a), int(b), base_lr=1.0) for a, b in pairs]
+    return np.array(out, dtype=np.float64).reshape(t.shape)
 
 
 def action_to_lr(
